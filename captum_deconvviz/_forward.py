@@ -1,0 +1,189 @@
+"""Shared plumbing: argument checks, layer lookup and a forward pass stopped at a layer.
+
+Every public entry point validates its arguments here so that bad input gets a
+clear error that names the argument, before anything touches the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import torch
+from captum._utils.common import _run_forward, _select_targets
+from captum._utils.typing import TargetType
+from torch import Tensor, nn
+
+__all__ = [
+    "check_model",
+    "check_target",
+    "format_inputs",
+    "forward_to_layer",
+    "model_device",
+    "resolve_layer",
+]
+
+
+class _StopForward(BaseException):
+    """Raised from a hook to end the forward pass once the layer has run.
+
+    A BaseException, so that ``except Exception`` blocks inside user models let it pass.
+    """
+
+
+def check_model(model: Any, argname: str = "model") -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module`` the engine can see, else raise."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{argname} must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(
+            f"{argname} is a {type(model).__name__}: its replicas run in other threads, where the "
+            f"DeconvNet engine cannot route their ops. Pass {argname}.module instead."
+        )
+    return model
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer, or None if it has neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def resolve_layer(model: nn.Module, layer: Any, argname: str = "layer") -> tuple[str, nn.Module]:
+    """Find ``layer`` (a module of ``model`` or its dotted name) and return ``(name, module)``."""
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer in modules:
+            return layer, modules[layer]
+        close = difflib.get_close_matches(layer, [n for n in modules if n], n=5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{argname}={layer!r} is not a module of the model{hint}")
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise ValueError(
+            f"{argname} is a {type(layer).__name__} that is not a submodule of the model; pass one of "
+            "model.named_modules() or its dotted name"
+        )
+    raise TypeError(f"{argname} must be an nn.Module of the model or its dotted name, got {type(layer).__name__}")
+
+
+def format_inputs(inputs: Any, model: nn.Module | None = None, argname: str = "inputs") -> tuple[Tensor, ...]:
+    """Check ``inputs`` (a tensor or tuple of tensors) and return them as a tuple."""
+    items = inputs if isinstance(inputs, tuple) else (inputs,)
+    if len(items) == 0:
+        raise ValueError(f"{argname} is an empty tuple; pass at least one tensor")
+    device = model_device(model) if model is not None else None
+    batch = None
+    for i, item in enumerate(items):
+        where = argname if len(items) == 1 and not isinstance(inputs, tuple) else f"{argname}[{i}]"
+        if not isinstance(item, Tensor):
+            raise TypeError(f"{where} must be a torch.Tensor, got {type(item).__name__}")
+        if not (item.is_floating_point() or item.is_complex()):
+            raise TypeError(
+                f"{where} must be a floating-point tensor to take gradients, got {item.dtype}; "
+                "convert it, e.g. with .float()"
+            )
+        if item.dim() == 0:
+            raise ValueError(f"{where} must have a batch dimension, got a scalar")
+        if item.shape[0] == 0:
+            raise ValueError(f"{where} has an empty batch (shape {tuple(item.shape)})")
+        if batch is None:
+            batch = item.shape[0]
+        elif item.shape[0] != batch:
+            raise ValueError(f"{where} has batch size {item.shape[0]}, but {argname}[0] has {batch}")
+        if device is not None and item.device != device:
+            raise ValueError(
+                f"{where} is on {item.device} but the model is on {device}; move one of them, "
+                f"e.g. {argname}.to({str(device)!r})"
+            )
+    return tuple(items)
+
+
+def check_target(output: Tensor, target: TargetType, argname: str = "target") -> Tensor:
+    """Select ``target`` from the model ``output`` as Captum does, with clear errors."""
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the model must return a Tensor to take a {argname}, got {type(output).__name__}")
+    per_example = output[0].numel() if output.dim() > 0 and output.shape[0] > 0 else output.numel()
+    if target is None:
+        if per_example != 1:
+            raise ValueError(
+                f"{argname} is required: the model returns {per_example} values per example "
+                f"(output shape {tuple(output.shape)}); pass e.g. {argname}=class_index"
+            )
+        return output
+    if isinstance(target, int) and output.dim() == 2 and not -output.shape[1] <= target < output.shape[1]:
+        raise ValueError(f"{argname}={target} is out of range for a model output with {output.shape[1]} classes")
+    try:
+        selected = _select_targets(output, target)
+    except (IndexError, AssertionError, RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"{argname}={target!r} does not fit the model output of shape {tuple(output.shape)}: {err}"
+        ) from None
+    if selected.dim() > 1 and selected[0].numel() != 1:
+        raise ValueError(
+            f"{argname}={target!r} selects {selected[0].numel()} values per example from output shape "
+            f"{tuple(output.shape)}; it must select one"
+        )
+    return selected.reshape(selected.shape[0]) if selected.dim() > 1 else selected
+
+
+def run_forward(model: nn.Module, inputs: tuple[Tensor, ...], additional_forward_args: Any = None) -> Any:
+    """Run the model as Captum does (inputs first, then the additional arguments)."""
+    return _run_forward(model, inputs, None, additional_forward_args)
+
+
+@contextmanager
+def _layer_capture(module: nn.Module, to_input: bool, stop: bool) -> Iterator[list[Tensor]]:
+    captured: list[Tensor] = []
+
+    def grab(value: Any) -> None:
+        if isinstance(value, tuple):
+            if len(value) != 1 or not isinstance(value[0], Tensor):
+                raise ValueError(
+                    f"the layer's {'input' if to_input else 'output'} is a tuple of {len(value)} items; "
+                    "choose a layer with a single tensor"
+                )
+            value = value[0]
+        if not isinstance(value, Tensor):
+            raise ValueError(
+                f"the layer's {'input' if to_input else 'output'} is a {type(value).__name__}, not a Tensor"
+            )
+        captured.append(value)
+        if stop:
+            raise _StopForward
+
+    if to_input:
+        handle = module.register_forward_pre_hook(lambda _m, inp: grab(inp))
+    else:
+        handle = module.register_forward_hook(lambda _m, _inp, out: grab(out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def forward_to_layer(
+    model: nn.Module,
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any = None,
+    to_input: bool = False,
+    layer_name: str = "layer",
+) -> Tensor:
+    """Run the forward pass until ``module`` has run (or is about to, with ``to_input``).
+
+    The rest of the forward is skipped. If the module runs several times, its first call
+    is the one returned.
+    """
+    with _layer_capture(module, to_input, stop=True) as captured, suppress(_StopForward):
+        run_forward(model, inputs, additional_forward_args)
+    if not captured:
+        raise ValueError(f"layer {layer_name!r} was not called in the forward pass of the model")
+    return captured[0]

@@ -1,0 +1,602 @@
+"""The reverse pass: a DeconvNet (and Guided Backprop) engine over plain autograd.
+
+Under :class:`ReverseRules`, every ReLU-family op and every max-pooling op that the
+forward pass runs (as a module, as a functional, in place or not, called once or
+many times) is routed through a small :class:`torch.autograd.Function` whose
+backward carries the chosen reverse rule. Everything else (convolutions, linear
+layers, eval-mode BatchNorm, average pooling, additions, concatenations) keeps its
+plain autograd backward, which is exactly its transpose. Biases never enter a
+backward pass, so they play no part, as in Zeiler & Fergus (2014).
+
+Nothing on the model is touched: no hooks, no patched modules. The mode lives in
+``torch.overrides.TorchFunctionMode`` and only sees the ops run inside its ``with``
+block, on the current thread.
+
+Rule sets (:data:`RULE_SETS`):
+
+* ``"zf"``: DeconvNet. ReLU backward is ``relu(grad)``; max-pooling scatters the
+  signal to the switches recorded in the forward pass, summing where overlapping
+  windows share a switch (the adjoint).
+* ``"guided"``: Guided Backprop (Springenberg et al. 2015). ReLU backward is
+  ``relu(grad) * (input > 0)``; max-pooling as above.
+* ``"probe"``: the receptive-field probe. ReLU family forward and backward are the
+  identity, max-pooling becomes a window sum of the same geometry, so the
+  gradient support of a unit is its whole receptive field.
+
+Other activations follow the ``activations`` argument, see :class:`ReverseRules`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "RULE_SETS",
+    "ActivationPolicy",
+    "ReverseRules",
+    "RuleSet",
+    "activation_rule",
+]
+
+ActivationPolicy = Literal["rectify", "gradient", "raise"]
+_ACTIVATION_POLICIES = ("rectify", "gradient", "raise")
+
+# --------------------------------------------------------------------------------------
+# Op catalogue. Names are ``func.__name__`` as TorchFunctionMode sees them; the same
+# name covers the functional, the ``torch.*`` builtin and the ``Tensor`` method.
+# --------------------------------------------------------------------------------------
+
+#: ReLU proper: every rule set has an exact rule for these.
+RELU_OPS = frozenset({"relu", "relu_"})
+#: ``threshold(x, 0, 0)`` and ``clamp(x, min=0)`` are ReLU spelled differently.
+_RELU_SPELLINGS = frozenset(
+    {"threshold", "threshold_", "_threshold", "clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_"}
+)
+#: ReLU-like activations: their rule is chosen by ``activations=``.
+RELU_LIKE_OPS = frozenset(
+    {
+        "relu6",
+        "hardtanh",
+        "hardtanh_",
+        "leaky_relu",
+        "leaky_relu_",
+        "rrelu",
+        "rrelu_",
+        "prelu",
+        "elu",
+        "elu_",
+        "celu",
+        "celu_",
+        "selu",
+        "selu_",
+        "gelu",
+        "gelu_",
+        "silu",
+        "silu_",
+        "hardswish",
+        "hardswish_",
+        "mish",
+        "mish_",
+        "softplus",
+    }
+)
+#: Gating / squashing non-linearities: always their plain gradient. They act as
+#: multiplicative gates (squeeze-excitation, attention) or output heads, where a
+#: rectification has no meaning.
+GATE_OPS = frozenset(
+    {
+        "sigmoid",
+        "sigmoid_",
+        "tanh",
+        "tanh_",
+        "hardsigmoid",
+        "hardsigmoid_",
+        "softmax",
+        "_softmax",
+        "log_softmax",
+        "softmin",
+        "softsign",
+        "logsigmoid",
+        "glu",
+        "scaled_dot_product_attention",
+    }
+)
+#: Normalizations whose statistics depend on the data: plain gradient (their exact
+#: Jacobian transpose). Eval-mode BatchNorm is affine, so its gradient is a transpose.
+NORM_OPS = frozenset(
+    {"batch_norm", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "rms_norm", "normalize"}
+)
+_MAX_POOL_OPS = frozenset(
+    {
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "_max_pool1d",
+        "_max_pool2d",
+        "_max_pool3d",
+        "max_pool1d_with_indices",
+        "max_pool2d_with_indices",
+        "max_pool3d_with_indices",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "_adaptive_max_pool1d",
+        "_adaptive_max_pool2d",
+        "_adaptive_max_pool3d",
+        "adaptive_max_pool1d_with_indices",
+        "adaptive_max_pool2d_with_indices",
+        "adaptive_max_pool3d_with_indices",
+    }
+)
+#: Linear or structural ops: their autograd backward is their transpose.
+LINEAR_OPS = frozenset(
+    {
+        # convolutions and dense layers
+        "conv1d", "conv2d", "conv3d", "convolution", "_convolution",
+        "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+        "linear", "bilinear", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "__matmul__",
+        # pooling and resampling that is linear in the input
+        "avg_pool1d", "avg_pool2d", "avg_pool3d",
+        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+        "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "grid_sample",
+        "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "pad",
+        # arithmetic (products of two signals get the product rule)
+        "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__",
+        "__rsub__", "rsub", "neg", "neg_", "__neg__", "__pos__", "mul", "mul_", "__mul__",
+        "__imul__", "__rmul__", "div", "div_", "__truediv__", "__itruediv__", "__rtruediv__",
+        "true_divide", "sum", "mean", "cumsum", "addcmul", "lerp",
+        # shape and copies
+        "cat", "concat", "concatenate", "stack", "hstack", "vstack", "view", "view_as", "reshape",
+        "reshape_as", "flatten", "unflatten", "permute", "transpose", "transpose_", "t", "contiguous",
+        "clone", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "expand", "expand_as", "repeat",
+        "narrow", "select", "__getitem__", "__setitem__", "chunk", "split", "split_with_sizes",
+        "unbind", "tensor_split", "movedim", "moveaxis", "swapaxes", "roll", "flip", "index_select",
+        "gather", "masked_fill", "masked_fill_", "where", "to", "type", "float", "double", "half",
+        "bfloat16", "cuda", "cpu", "requires_grad_", "detach", "detach_", "__get__", "as_strided",
+        "unfold", "fold", "diagonal", "tile", "copy_", "zero_", "fill_",
+        # dropout (identity in eval mode, a fixed mask in training mode)
+        "dropout", "dropout_", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+        "feature_alpha_dropout", "feature_dropout",
+    }
+)  # fmt: skip
+
+#: Every op this engine has a documented rule for.
+KNOWN_OPS = RELU_OPS | _RELU_SPELLINGS | RELU_LIKE_OPS | GATE_OPS | NORM_OPS | _MAX_POOL_OPS | LINEAR_OPS
+
+_warned_ops: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _warned_lock:
+        if key in _warned_ops:
+            return
+        _warned_ops.add(key)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+# --------------------------------------------------------------------------------------
+# Reverse rules as autograd Functions.
+# --------------------------------------------------------------------------------------
+
+
+class _RectifyBackward(torch.autograd.Function):
+    """Forward: the activation as the model defines it. Backward: ``relu(grad)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
+        out = act(x)
+        if inplace:
+            ctx.mark_dirty(x)
+            return x
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad.clamp_min(0), None, None
+
+
+class _GuidedBackward(torch.autograd.Function):
+    """Forward: the activation. Backward: ``relu(grad) * (input > 0)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
+        # The mask is taken from the input before an in-place activation overwrites it.
+        ctx.save_for_backward(x > 0)
+        out = act(x)
+        if inplace:
+            ctx.mark_dirty(x)
+            return x
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (positive,) = ctx.saved_tensors
+        return grad.clamp_min(0) * positive, None, None
+
+
+class _IdentityActivation(torch.autograd.Function):
+    """Receptive-field probe: the activation is replaced by the identity."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
+        if inplace:
+            ctx.mark_dirty(x)
+            return x
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
+
+
+class _SwitchUnpool(torch.autograd.Function):
+    """Max-pooling whose backward scatters the signal to the recorded switches.
+
+    The backward is the adjoint of "gather at the switches": where overlapping
+    windows share a switch, their signals are summed.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, pool: Callable[[Tensor], tuple[Tensor, Tensor]], spatial_dims: int
+    ) -> tuple[Tensor, Tensor]:
+        out, switches = pool(x)
+        ctx.save_for_backward(switches)
+        ctx.input_shape = x.shape
+        ctx.spatial_dims = spatial_dims
+        ctx.mark_non_differentiable(switches)
+        return out, switches
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _grad_switches: Tensor | None) -> tuple[Tensor, None, None]:
+        (switches,) = ctx.saved_tensors
+        shape = ctx.input_shape
+        lead = tuple(shape[: len(shape) - ctx.spatial_dims])
+        plane = math.prod(shape[len(shape) - ctx.spatial_dims :])
+        flat = grad.new_zeros((*lead, plane))
+        flat = flat.scatter_add(-1, switches.reshape(*lead, -1), grad.reshape(*lead, -1))
+        return flat.reshape(shape), None, None
+
+
+# --------------------------------------------------------------------------------------
+# Rule sets.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A named choice of reverse rules.
+
+    Attributes:
+        name: ``"zf"``, ``"guided"`` or ``"probe"``.
+        relu: the autograd Function applied to ReLU (and, under ``activations="rectify"``,
+            to ReLU-like activations).
+        pool: ``"switches"`` (DeconvNet switch unpooling) or ``"window_sum"`` (probe).
+    """
+
+    name: str
+    relu: type[torch.autograd.Function]
+    pool: Literal["switches", "window_sum"]
+
+
+RULE_SETS: dict[str, RuleSet] = {
+    "zf": RuleSet("zf", _RectifyBackward, "switches"),
+    "guided": RuleSet("guided", _GuidedBackward, "switches"),
+    "probe": RuleSet("probe", _IdentityActivation, "window_sum"),
+}
+
+
+def activation_rule(op_name: str, rules: str = "zf", activations: ActivationPolicy = "rectify") -> str:
+    """Describe in words the reverse rule an op gets.
+
+    Args:
+        op_name: the op's name as torch reports it, e.g. ``"relu"``, ``"hardtanh"``.
+        rules: the rule set, ``"zf"``, ``"guided"`` or ``"probe"``.
+        activations: the policy for ReLU-like activations (see :class:`ReverseRules`).
+
+    Returns:
+        A short description, used in the documentation's support table.
+
+    Example:
+        >>> activation_rule("gelu")
+        'rectify: relu(grad)'
+    """
+    relu_rule = {
+        "zf": "rectify: relu(grad)",
+        "guided": "guided: relu(grad) * (input > 0)",
+        "probe": "identity",
+    }[rules]
+    if op_name in RELU_OPS or op_name in _RELU_SPELLINGS:
+        return relu_rule
+    if op_name in RELU_LIKE_OPS:
+        return {"rectify": relu_rule, "gradient": "plain gradient", "raise": "error"}[activations]
+    if op_name in _MAX_POOL_OPS:
+        return "switch unpooling (sum on overlap)" if rules != "probe" else "window sum"
+    if op_name in GATE_OPS or op_name in NORM_OPS:
+        return "plain gradient"
+    if op_name in LINEAR_OPS:
+        return "transpose (autograd)"
+    return "unknown: plain gradient, warned"
+
+
+# --------------------------------------------------------------------------------------
+# Argument normalization for the ops we route.
+# --------------------------------------------------------------------------------------
+
+_signature_cache: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return _signature_cache[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        sig: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):
+        sig = None
+    with contextlib.suppress(TypeError):
+        _signature_cache[func] = sig
+    return sig
+
+
+def _is_inplace(func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if name.endswith("_") and not name.startswith("__"):
+        return True
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    sig = _signature(func)
+    if sig is None or "inplace" not in sig.parameters:
+        return False
+    try:
+        return bool(sig.bind(*args, **kwargs).arguments.get("inplace", False))
+    except TypeError:
+        return False
+
+
+def _scalar_arg(args: tuple[Any, ...], kwargs: dict[str, Any], position: int, names: Sequence[str]) -> Any:
+    for key in names:
+        if key in kwargs:
+            return kwargs[key]
+    return args[position] if len(args) > position else None
+
+
+def _is_relu_spelling(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """``threshold(x, 0, 0)`` and ``clamp(x, min=0)`` without an upper bound are ReLU."""
+    if "threshold" in name:
+        return _scalar_arg(args, kwargs, 1, ("threshold",)) == 0 and _scalar_arg(args, kwargs, 2, ("value",)) == 0
+    low = _scalar_arg(args, kwargs, 1, ("min",))
+    if name.startswith("clamp_min"):
+        return isinstance(low, (int, float)) and low == 0
+    high = _scalar_arg(args, kwargs, 2, ("max",))
+    return isinstance(low, (int, float)) and low == 0 and high is None
+
+
+def _pool_geometry(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Normalize the arguments of every max-pooling spelling to one dict."""
+    spatial = int(name.split("pool")[1][0])  # "max_pool2d_with_indices" -> 2
+    if "adaptive" in name:
+        keys = ("input", "output_size", "return_indices")
+    else:
+        keys = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    bound = dict(zip(keys, args, strict=False))
+    bound.update(kwargs)
+    bound["spatial_dims"] = spatial
+    return bound
+
+
+def _tuple(value: Any, n: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    return value * n if len(value) == 1 else value
+
+
+# --------------------------------------------------------------------------------------
+# The mode.
+# --------------------------------------------------------------------------------------
+
+
+class ReverseRules(TorchFunctionMode):
+    """Context manager that gives the forward pass DeconvNet (or Guided Backprop) backward rules.
+
+    Ops are routed only when autograd records them (grad enabled and an input that
+    requires grad); under ``torch.no_grad()`` the forward runs untouched.
+
+    Args:
+        rules: ``"zf"`` (DeconvNet), ``"guided"`` (Guided Backprop) or ``"probe"``
+            (receptive-field probe), or a :class:`RuleSet`.
+        activations: what ReLU-like activations (ReLU6, LeakyReLU, Hardtanh, ELU,
+            CELU, SELU, GELU, SiLU, Hardswish, Mish, Softplus, PReLU, RReLU) get.
+            ``"rectify"`` (default) gives them the same rule as ReLU (``relu(grad)``
+            for ``"zf"``, ``relu(grad) * (input > 0)`` for ``"guided"``) while their
+            forward is unchanged; ``"gradient"`` keeps their plain gradient;
+            ``"raise"`` raises ``NotImplementedError`` when one is met. Gates (sigmoid,
+            tanh, hardsigmoid, softmax) and data-dependent normalizations always keep
+            their plain gradient. Any other op that autograd records and that this
+            engine does not know gets a one-time ``UserWarning`` naming it.
+        record_switches: keep the max-pooling switches (argmax indices) of the forward
+            pass in :attr:`switches`, in call order.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+        >>> x = torch.randn(1, 3, 8, 8, requires_grad=True)
+        >>> with ReverseRules("zf", record_switches=True) as engine:
+        ...     out = model(x)
+        >>> (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        >>> len(engine.switches)
+        1
+    """
+
+    def __init__(
+        self,
+        rules: str | RuleSet = "zf",
+        activations: ActivationPolicy = "rectify",
+        record_switches: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(rules, str):
+            if rules not in RULE_SETS:
+                raise ValueError(f"rules must be one of {sorted(RULE_SETS)}, got {rules!r}")
+            rules = RULE_SETS[rules]
+        elif not isinstance(rules, RuleSet):
+            raise TypeError(f"rules must be a str or RuleSet, got {type(rules).__name__}")
+        if activations not in _ACTIVATION_POLICIES:
+            raise ValueError(f"activations must be one of {_ACTIVATION_POLICIES}, got {activations!r}")
+        self.rules = rules
+        self.activations = activations
+        self.record_switches = record_switches
+        self.switches: list[Tensor] = []
+        self.routed: dict[str, int] = {}
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in LINEAR_OPS or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        first = args[0] if args else kwargs.get("input")
+        if not (isinstance(first, Tensor) and first.requires_grad):
+            return func(*args, **kwargs)
+        if name in RELU_OPS or (name in _RELU_SPELLINGS and _is_relu_spelling(name, args, kwargs)):
+            return self._activation(func, name, args, kwargs)
+        if name in RELU_LIKE_OPS:
+            if self.rules.name == "probe":
+                return self._activation(func, name, args, kwargs)
+            if self.activations == "gradient":
+                return func(*args, **kwargs)
+            if self.activations == "raise":
+                raise NotImplementedError(
+                    f"the model uses the activation {name!r}, which is not ReLU; pass "
+                    "activations='rectify' to give it the ReLU rule or activations='gradient' "
+                    "to keep its plain gradient"
+                )
+            return self._activation(func, name, args, kwargs)
+        if name in _MAX_POOL_OPS:
+            return self._max_pool(func, name, args, kwargs)
+        out = func(*args, **kwargs)
+        if name not in KNOWN_OPS and _records_grad(out):
+            _warn_once(
+                name,
+                f"captum_deconvviz: the op {name!r} is not known to the DeconvNet engine; "
+                "its plain autograd gradient is used in the reverse pass",
+            )
+        return out
+
+    def _count(self, name: str) -> None:
+        self.routed[name] = self.routed.get(name, 0) + 1
+
+    def _activation(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        self._count(name)
+        x, rest = args[0], args[1:]
+        inplace = _is_inplace(func, name, args, kwargs)
+
+        def act(t: Tensor) -> Tensor:
+            return func(t, *rest, **kwargs)
+
+        return self.rules.relu.apply(x, act, inplace)
+
+    def _max_pool(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._count(name)
+        geo = _pool_geometry(name, args, kwargs)
+        x: Tensor = geo["input"]
+        n = geo["spatial_dims"]
+        adaptive = "adaptive" in name
+        # torch.* builtins named *_with_indices, and torch's adaptive max-pool builtins,
+        # always return (output, indices); F.* functionals only when asked.
+        is_functional = getattr(func, "__module__", "") == "torch.nn.functional"
+        wants_indices = bool(geo.get("return_indices")) or "with_indices" in name
+        wants_indices = wants_indices or (adaptive and not is_functional)
+
+        if self.rules.pool == "window_sum":
+            out = _window_sum(x, geo, n, adaptive)
+            if wants_indices:
+                _, idx = _max_pool_with_indices(x.detach(), geo, n, adaptive)
+                return out, idx
+            return out
+
+        def pool(t: Tensor) -> tuple[Tensor, Tensor]:
+            return _max_pool_with_indices(t, geo, n, adaptive)
+
+        out, switches = _SwitchUnpool.apply(x, pool, n)
+        if self.record_switches:
+            self.switches.append(switches)
+        return (out, switches) if wants_indices else out
+
+
+def _records_grad(out: Any) -> bool:
+    if isinstance(out, Tensor):
+        return out.requires_grad
+    if isinstance(out, (tuple, list)):
+        return any(isinstance(o, Tensor) and o.requires_grad for o in out)
+    return False
+
+
+_MAX_POOL_FN = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_ADAPTIVE_MAX_POOL_FN = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+_ADAPTIVE_AVG_POOL_FN = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _max_pool_with_indices(x: Tensor, geo: dict[str, Any], n: int, adaptive: bool) -> tuple[Tensor, Tensor]:
+    if adaptive:
+        return _ADAPTIVE_MAX_POOL_FN[n](x, geo["output_size"], return_indices=True)
+    kernel = geo["kernel_size"]
+    stride = geo.get("stride")
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel
+    return _MAX_POOL_FN[n](
+        x,
+        kernel,
+        stride,
+        geo.get("padding", 0),
+        geo.get("dilation", 1),
+        ceil_mode=bool(geo.get("ceil_mode", False)),
+        return_indices=True,
+    )
+
+
+def _window_sum(x: Tensor, geo: dict[str, Any], n: int, adaptive: bool) -> Tensor:
+    """Sum over each pooling window (probe rule): same geometry as the max-pool."""
+    if adaptive:
+        return _ADAPTIVE_AVG_POOL_FN[n](x, geo["output_size"])
+    # The output shape, including ceil_mode's extra windows, comes from the real op.
+    with torch.no_grad():
+        ref, _ = _max_pool_with_indices(x.detach(), geo, n, adaptive=False)
+    kernel = _tuple(geo["kernel_size"], n)
+    stride = geo.get("stride")
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tuple(stride, n)
+    padding = _tuple(geo.get("padding", 0), n)
+    dilation = _tuple(geo.get("dilation", 1), n)
+    out_shape = ref.shape[-n:]
+    # Pad on the far side so that ceil_mode's last window exists; zeros add no support.
+    pads: list[int] = []
+    for d in reversed(range(n)):
+        span = (out_shape[d] - 1) * stride[d] + dilation[d] * (kernel[d] - 1) + 1
+        far = max(0, span - x.shape[-n + d] - padding[d])
+        pads += [padding[d], far]
+    lead = x.shape[:-n]
+    flat = x.reshape(-1, 1, *x.shape[-n:])
+    flat = F.pad(flat, pads)
+    ones = x.new_ones((1, 1, *kernel))
+    out = _CONV_FN[n](flat, ones, stride=stride, dilation=dilation)
+    out = out[(..., *[slice(0, s) for s in out_shape])]
+    return out.reshape(*lead, *out_shape)

@@ -1,0 +1,284 @@
+"""DeconvNet projections of chosen units: ``project_units`` and the neuron seeds.
+
+A projection runs the forward pass only up to the unit's layer, seeds the layer's
+reverse signal with the unit's activation (all other units zeroed, as Zeiler &
+Fergus do), and runs one reverse pass to the input. Many units, one per input row,
+share that single forward and single backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal
+
+import torch
+from captum._utils.common import _verify_select_neuron
+from torch import Tensor, nn
+
+from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
+from .engine import ActivationPolicy, ReverseRules
+
+__all__ = ["Seed", "neuron_seed", "project_units"]
+
+Seed = Literal["activation", "one"]
+_SEEDS = ("activation", "one")
+
+#: :func:`project_units` picks its rows per forward/backward so that the tensors autograd
+#: keeps for the reverse pass stay near this many bytes. Measured on a 2-core CPU with
+#: ``benchmarks/bench_attribution.py``: VGG16 at 112x112 (10.6 MB per image) is fastest at
+#: 4-8 rows, AlexNet at 160x160 (0.8 MB per image) at 16-64 rows.
+PROJECTION_MEMORY_BUDGET = 48 * 2**20
+#: Rows of the first chunk, which measures the memory per row, and the most rows per chunk.
+FIRST_CHUNK_ROWS, MAX_CHUNK_ROWS = 4, 64
+
+NeuronSelector = int | tuple[Any, ...] | Callable[[Tensor], Tensor] | Tensor
+
+
+def _check_seed(seed: Any) -> None:
+    if seed not in _SEEDS:
+        raise ValueError(f"seed must be 'activation' (Zeiler & Fergus) or 'one' (Captum), got {seed!r}")
+
+
+def _per_example_units(layer_out: Tensor, units: Tensor, argname: str) -> tuple[Tensor, ...]:
+    """Validate a LongTensor [N, k] of per-example unit indices against ``layer_out``."""
+    n, dims = layer_out.shape[0], layer_out.dim() - 1
+    if units.dtype in (torch.bool,) or units.is_floating_point() or units.is_complex():
+        raise TypeError(f"{argname} must be an integer tensor of unit indices, got {units.dtype}")
+    if units.dim() != 2 or units.shape[0] != n or units.shape[1] != dims:
+        raise ValueError(
+            f"{argname} must have shape [N={n}, {dims}] (one index per layer dimension, one row per "
+            f"input); got {tuple(units.shape)} for a layer output of shape {tuple(layer_out.shape)}"
+        )
+    units = units.to(device=layer_out.device, dtype=torch.long)
+    bounds = torch.tensor(layer_out.shape[1:], device=units.device)
+    bad = (units < 0) | (units >= bounds)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"{argname}[{row}] = {units[row].tolist()} is out of range for a layer output of shape "
+            f"{tuple(layer_out.shape[1:])} per example"
+        )
+    return (torch.arange(n, device=units.device), *units.unbind(1))
+
+
+def neuron_seed(
+    layer_out: Tensor, neuron_selector: NeuronSelector, seed: Seed = "activation", argname: str = "neuron_selector"
+) -> Tensor:
+    """The reverse signal that starts a projection at ``layer_out``.
+
+    Args:
+        layer_out: the layer's tensor for the batch, shape ``[N, ...]``.
+        neuron_selector: anything Captum's neuron methods take (an int, a tuple of
+            ints or slices, a callable from the layer tensor to one value per
+            example), or a LongTensor ``[N, layer_out.dim() - 1]`` with a different
+            unit for each example.
+        seed: ``"activation"`` seeds each selected unit with its own activation, as
+            Zeiler & Fergus do; ``"one"`` seeds it with 1, as Captum does.
+        argname: the name used in error messages.
+
+    Returns:
+        A tensor shaped like ``layer_out``: zero everywhere but at the selected units.
+
+    Example:
+        >>> out = torch.arange(8.0).reshape(2, 2, 2)
+        >>> neuron_seed(out, (1, 0)).tolist()
+        [[[0.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [6.0, 0.0]]]
+    """
+    _check_seed(seed)
+    activation = layer_out.detach()
+    if isinstance(neuron_selector, Tensor):
+        index = _per_example_units(activation, neuron_selector, argname)
+        weights = torch.zeros_like(activation)
+        weights[index] = 1.0
+    else:
+        if not (isinstance(neuron_selector, (int, tuple)) or callable(neuron_selector)):
+            raise TypeError(
+                f"{argname} must be an int, a tuple of ints/slices, a callable or a LongTensor [N, k]; "
+                f"got {type(neuron_selector).__name__}"
+            )
+        probe = activation.clone().requires_grad_(True)
+        with torch.enable_grad():
+            try:
+                selected = _verify_select_neuron((probe,), neuron_selector)
+            except (IndexError, AssertionError) as err:
+                raise ValueError(
+                    f"{argname}={neuron_selector!r} does not fit a layer output of shape "
+                    f"{tuple(activation.shape)}: {err}"
+                ) from None
+            if not isinstance(selected, Tensor) or selected.dim() == 0 or selected.shape[0] != activation.shape[0]:
+                raise ValueError(f"{argname} must select one value per example; got {selected!r:.80}")
+            if selected[0].numel() != 1:
+                raise ValueError(
+                    f"{argname}={neuron_selector!r} selects {selected[0].numel()} values per example from a "
+                    f"layer output of shape {tuple(activation.shape)}; give one index per layer dimension "
+                    "(slices are summed)"
+                )
+            if not selected.requires_grad:
+                raise ValueError(f"{argname} returned a value that does not depend on the layer output")
+            (weights,) = torch.autograd.grad(selected.sum(), probe)
+    return weights * activation if seed == "activation" else weights
+
+
+@contextmanager
+def capture_reverse_signals(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+    """Record the reverse signal at the output of every submodule that runs.
+
+    Keys are module names in the order their forward returns; a module called
+    several times gets ``name``, ``name#2``, ``name#3``... The values fill in
+    during the backward pass.
+    """
+    signals: dict[str, list[Tensor]] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
+            if not (isinstance(out, Tensor) and out.requires_grad):
+                return
+            calls[name] = calls.get(name, 0) + 1
+            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+            slot = signals.setdefault(key, [])
+            out.register_hook(lambda grad: slot.append(grad.detach()))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        yield signals
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def project_units(
+    model: nn.Module,
+    layer: str | nn.Module,
+    inputs: Tensor,
+    units: Tensor,
+    seed: Seed = "activation",
+    return_intermediates: bool = False,
+    *,
+    batch_size: int | None = None,
+    rules: str = "zf",
+    activations: ActivationPolicy = "rectify",
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """Project one unit per input row back to pixel space with the DeconvNet.
+
+    Row ``i`` of the result is the DeconvNet projection of unit ``units[i]`` of
+    ``layer`` for image ``inputs[i]``: the forward pass runs only up to ``layer``,
+    the unit is seeded with its activation (all other units of the layer zeroed)
+    and one reverse pass brings it to the input. Rows are processed
+    ``batch_size`` at a time, one forward and one backward per chunk.
+
+    Args:
+        model: the network. It is not modified.
+        layer: a module of ``model`` or its dotted name in ``model.named_modules()``.
+        inputs: images, ``[N, C, H, W]`` (or any ``[N, ...]`` the model takes).
+        units: integer tensor ``[N, k]`` of unit indices into the layer's output
+            per example, ``k = layer_output.dim() - 1``: ``(channel, y, x)`` for a
+            conv layer, ``(feature,)`` for a linear one.
+        seed: ``"activation"`` (Zeiler & Fergus: the unit's own activation) or
+            ``"one"`` (Captum's convention).
+        return_intermediates: also return the reverse signal at the output of every
+            submodule the forward ran, keyed by module name: the layer-by-layer
+            reconstructions of Zeiler & Fergus's figures.
+        batch_size: rows per forward/backward. ``None`` measures the memory autograd
+            keeps per row on the first chunk and sizes the next chunks to about
+            :data:`PROJECTION_MEMORY_BUDGET` (fastest on CPUs, whose caches are small).
+        rules: ``"zf"`` (DeconvNet) or ``"guided"`` (Guided Backprop).
+        activations: the rule for ReLU-like activations, see
+            :class:`~captum_deconvviz.engine.ReverseRules`.
+
+    Returns:
+        The projections, shaped like ``inputs``; with ``return_intermediates``, a tuple
+        ``(projections, {module_name: reverse_signal})``.
+
+    Example:
+        >>> import torchvision
+        >>> model = torchvision.models.alexnet().eval()
+        >>> images = torch.randn(2, 3, 128, 128)
+        >>> units = torch.tensor([[5, 3, 4], [17, 0, 2]])  # (channel, y, x) per image
+        >>> project_units(model, "features.7", images, units).shape
+        torch.Size([2, 3, 128, 128])
+    """
+    check_model(model)
+    name, module = resolve_layer(model, layer)
+    (inputs,) = format_inputs(inputs, model)
+    _check_seed(seed)
+    if rules not in ("zf", "guided"):
+        raise ValueError(f"rules must be 'zf' or 'guided', got {rules!r}")
+    if not isinstance(units, Tensor):
+        raise TypeError(f"units must be an integer tensor [N, k], got {type(units).__name__}")
+    if units.dim() != 2 or units.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"units must have shape [N, k] with N = inputs.shape[0] = {inputs.shape[0]}; got {tuple(units.shape)}"
+        )
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+    chunks: list[Tensor] = []
+    signals: dict[str, list[Tensor]] = {}
+    start, rows = 0, batch_size or FIRST_CHUNK_ROWS
+    while start < inputs.shape[0]:
+        stop = start + rows
+        with ExitStack() as stack:
+            chunk_signals = stack.enter_context(capture_reverse_signals(model)) if return_intermediates else {}
+            meter = stack.enter_context(_SavedBytes(model)) if batch_size is None and start == 0 else None
+            chunks.append(
+                _project_chunk(model, module, name, inputs[start:stop], units[start:stop], seed, rules, activations)
+            )
+        for key, value in chunk_signals.items():
+            signals.setdefault(key, []).extend(value)
+        if meter is not None:
+            per_row = meter.bytes / len(chunks[0])
+            rows = int(min(MAX_CHUNK_ROWS, max(1, PROJECTION_MEMORY_BUDGET // max(per_row, 1))))
+        start = stop
+    projections = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    if return_intermediates:
+        return projections, {key: torch.cat(value) for key, value in signals.items() if value}
+    return projections
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for the backward, the model's own tensors excepted."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.bytes = 0
+        self._own = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: Tensor) -> Tensor:
+        if tensor.data_ptr() not in self._own:
+            self.bytes += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def __enter__(self) -> _SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _project_chunk(
+    model: nn.Module,
+    module: nn.Module,
+    name: str,
+    images: Tensor,
+    units: Tensor,
+    seed: Seed,
+    rules: str,
+    activations: ActivationPolicy,
+) -> Tensor:
+    x = images.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with ReverseRules(rules, activations=activations):
+            layer_out = forward_to_layer(model, module, (x,), layer_name=name)
+        grad_outputs = neuron_seed(layer_out, units, seed, argname="units")
+        if not layer_out.requires_grad:
+            return torch.zeros_like(images)
+        (projection,) = torch.autograd.grad(layer_out, x, grad_outputs, allow_unused=True)
+    return torch.zeros_like(images) if projection is None else projection

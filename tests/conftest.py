@@ -1,0 +1,113 @@
+"""Shared fixtures and assertions for the test suite."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: Where the CIFAR-10 archives live (see ../shared/data/cifar10/README.md).
+CIFAR_DIR = Path(os.environ.get("DECONVVIZ_CIFAR_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+
+
+def assert_rel_close(actual: Tensor, expected: Tensor, rel: float = 1e-5) -> None:
+    """``max|actual - expected| <= rel * max|expected|``, and ``expected`` is not all zero.
+
+    The non-zero check keeps comparisons from passing vacuously.
+    """
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = expected.detach().abs().max().item()
+    assert scale > 0, "the reference is all zeros: this comparison would prove nothing"
+    err = (actual.detach() - expected.detach()).abs().max().item()
+    assert err <= rel * scale, f"max abs error {err:.3e} > {rel:g} * {scale:.3e}"
+
+
+def hook_counts(model: nn.Module) -> dict[str, int]:
+    """Number of every kind of hook on every module, as Captum's test_hook_removal checks."""
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
+            counts[f"{name}:{attr}"] = len(getattr(module, attr, {}))
+    return counts
+
+
+def global_hook_counts() -> dict[str, int]:
+    from torch.nn.modules import module as module_mod
+
+    return {
+        attr: len(getattr(module_mod, attr))
+        for attr in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+        if hasattr(module_mod, attr)
+    }
+
+
+class ModelSnapshot:
+    """Everything about a model that a call must leave exactly as it was."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.training = {name: m.training for name, m in model.named_modules()}
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.grads = {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
+        self.hooks = hook_counts(model)
+        self.global_hooks = global_hook_counts()
+        self.modules = [(name, type(m)) for name, m in model.named_modules()]
+
+    def assert_unchanged(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        assert state.keys() == self.state.keys()
+        for key, value in self.state.items():
+            assert torch.equal(state[key], value), f"state_dict[{key!r}] changed"
+        assert {n: m.training for n, m in model.named_modules()} == self.training
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == self.requires_grad
+        for name, p in model.named_parameters():
+            before = self.grads[name]
+            assert (p.grad is None) == (before is None), f"{name}.grad appeared or vanished"
+            if before is not None:
+                assert torch.equal(p.grad, before)
+        assert hook_counts(model) == self.hooks, "hooks were left on the model"
+        assert global_hook_counts() == self.global_hooks, "global module hooks were left behind"
+        assert [(n, type(m)) for n, m in model.named_modules()] == self.modules
+        assert not torch.overrides._get_current_function_mode_stack(), "a TorchFunctionMode was left active"
+
+
+@pytest.fixture
+def snapshot() -> Callable[[nn.Module], ModelSnapshot]:
+    return ModelSnapshot
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> Iterator[None]:
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def quiet_captum() -> Iterator[None]:
+    """Captum warns on every call that it sets hooks; silence that noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks")
+        warnings.filterwarnings("ignore", message="Input Tensor")
+        yield
