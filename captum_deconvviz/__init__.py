@@ -3,6 +3,13 @@
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 from .engine import ReverseRules
 from .projection import project_units
+from .receptive_field import (
+    ReceptiveField,
+    ReceptiveFieldError,
+    ReceptiveFieldTable,
+    receptive_field,
+    receptive_field_table,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -10,8 +17,13 @@ __all__ = [
     "EngineGuidedBackprop",
     "NeuronEngineGuidedBackprop",
     "NeuronZFDeconvolution",
+    "ReceptiveField",
+    "ReceptiveFieldError",
+    "ReceptiveFieldTable",
     "ReverseRules",
     "ZFDeconvolution",
     "__version__",
     "project_units",
+    "receptive_field",
+    "receptive_field_table",
 ]

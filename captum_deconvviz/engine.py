@@ -113,6 +113,11 @@ GATE_OPS = frozenset(
         "scaled_dot_product_attention",
     }
 )
+#: Elementwise gates: the probe replaces them by the identity, like the ReLU family, since
+#: it maps dependence, not values (a saturated hardsigmoid would hide it).
+_ELEMENTWISE_GATES = frozenset(
+    {"sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "hardsigmoid_", "softsign", "logsigmoid"}
+)
 #: Normalizations whose statistics depend on the data: plain gradient (their exact
 #: Jacobian transpose). Eval-mode BatchNorm is affine, so its gradient is a transpose.
 NORM_OPS = frozenset(
@@ -492,6 +497,8 @@ class ReverseRules(TorchFunctionMode):
             return self._activation(func, name, args, kwargs)
         if name in _MAX_POOL_OPS:
             return self._max_pool(func, name, args, kwargs)
+        if self.rules.name == "probe" and name in _ELEMENTWISE_GATES:
+            return self._activation(func, name, args, kwargs)
         out = func(*args, **kwargs)
         if name not in KNOWN_OPS and _records_grad(out):
             _warn_once(

@@ -1,0 +1,532 @@
+"""Receptive fields ("domains of dependence"): which input pixels a unit can see.
+
+Two methods that cross-check each other:
+
+* **analytic** (default): a ``torch.fx`` trace of the model, with the arithmetic of
+  Araujo, Norris & Sim (Distill 2019) per spatial dimension. With ``j`` the jump
+  (stride in input pixels), ``r`` the field size and ``left`` the first input pixel
+  of unit 0's field, a layer with kernel ``k``, stride ``s``, padding ``p`` and
+  dilation ``d`` maps ``(j, r, left)`` to ``(j*s, r + (d*(k-1)) * j, left - p*j)``.
+  Paths that merge (residual adds, concatenations) must be aligned (same jump and
+  same centre); the result is the largest of their fields.
+* **probe**: a copy of the model with random positive weights, every pointwise
+  non-linearity replaced by the identity and max-pooling by a window sum (the
+  engine's ``"probe"`` rules); the gradient support of a unit is its field.
+
+The box of unit ``(y, x)`` is ``offset + (y, x) * stride`` to that plus ``size``,
+half-open, in input pixels. It may leave the image: the unit then sees zero padding.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import _rf_graph
+from ._forward import check_model, forward_to_layer, resolve_layer
+from ._rf_graph import ReceptiveFieldError
+from .engine import ReverseRules
+
+__all__ = [
+    "ReceptiveField",
+    "ReceptiveFieldError",
+    "ReceptiveFieldTable",
+    "measure_support",
+    "receptive_field",
+    "receptive_field_table",
+]
+
+Method = Literal["analytic", "probe"]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The receptive field of the units of one layer, per spatial dimension.
+
+    Attributes:
+        size: field size in input pixels, e.g. ``(h, w)``.
+        stride: jump in input pixels between neighbouring units.
+        offset: first input pixel (top, left) of unit ``(0, 0)``'s box; may be < 0.
+        input_size: spatial size of the input the field was computed for.
+        output_size: spatial size of the layer's map (the valid unit indices).
+        layer: the layer's name.
+        exact: False when the field is a conservative bound (non-uniform adaptive
+            pooling); the true support lies inside the box.
+        method: ``"analytic"`` or ``"probe"``.
+        reach: per axis, ``(lo, hi)`` tuples with, for every unit index, the half-open
+            range of input pixels the unit really depends on (analytic method only;
+            None otherwise). It differs from the box clipped to the image only at the
+            borders: windows that overlap padding, dilation holes, pixels a stride
+            leaves unseen. :meth:`clipped_box` uses it.
+    """
+
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: tuple[int, ...]
+    input_size: tuple[int, ...]
+    output_size: tuple[int, ...]
+    layer: str = ""
+    exact: bool = True
+    method: str = "analytic"
+    reach: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = dataclass_field(
+        default=None, repr=False, compare=False
+    )
+
+    def _check_index(self, index: Sequence[int]) -> None:
+        if len(index) != len(self.size):
+            raise ValueError(f"expected {len(self.size)} unit coordinates, got {len(index)}: {tuple(index)}")
+        for axis, (i, n) in enumerate(zip(index, self.output_size, strict=True)):
+            if not 0 <= int(i) < n:
+                raise ValueError(
+                    f"unit coordinate {int(i)} on axis {axis} is out of range for layer {self.layer!r} "
+                    f"whose map is {tuple(self.output_size)}"
+                )
+
+    def box(self, *index: int) -> tuple[int, ...]:
+        """Half-open box of unit ``index`` in input pixels: ``(top, left, bottom, right)``.
+
+        For 1-d maps ``(start, stop)``. The box may extend beyond the image.
+
+        Example:
+            >>> rf = ReceptiveField((5, 5), (2, 2), (-2, -2), (32, 32), (16, 16))
+            >>> rf.box(0, 3)
+            (-2, 4, 3, 9)
+        """
+        self._check_index(index)
+        starts = tuple(o + int(i) * s for o, i, s in zip(self.offset, index, self.stride, strict=True))
+        return (*starts, *(a + n for a, n in zip(starts, self.size, strict=True)))
+
+    def clipped_box(self, *index: int) -> tuple[int, ...]:
+        """The bounding box of the input pixels unit ``index`` depends on.
+
+        That is the box clipped to the image, except at borders where the analytic
+        :attr:`reach` knows better. Empty (start == stop) if the unit sees padding only.
+        """
+        box = self.box(*index)
+        n = len(self.size)
+        starts, stops = [], []
+        for axis, i in enumerate(index):
+            if self.reach is not None:
+                lo, hi = self.reach[axis][0][int(i)], self.reach[axis][1][int(i)]
+            else:
+                lo, hi = max(0, box[axis]), min(self.input_size[axis], box[axis + n])
+            lo = min(max(lo, 0), self.input_size[axis])
+            starts.append(lo)
+            stops.append(max(lo, min(hi, self.input_size[axis])))
+        return (*starts, *stops)
+
+    def valid_mask(self, *index: int) -> Tensor:
+        """Boolean mask of ``size``: True where the box lies inside the image."""
+        box = self.box(*index)
+        n = len(self.size)
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        region = tuple(
+            slice(max(0, -a), min(size, limit - a))
+            for a, size, limit in zip(box[:n], self.size, self.input_size, strict=True)
+        )
+        mask[region] = True
+        return mask
+
+    def crop(self, image: Tensor, *index: int, fill: float = 0.0) -> Tensor:
+        """The ``size`` pixels of ``image [C, *input_size]`` under unit ``index``'s box.
+
+        Pixels outside the image are ``fill``; :meth:`valid_mask` tells which.
+
+        Example:
+            >>> rf = ReceptiveField((3, 3), (1, 1), (-1, -1), (4, 4), (4, 4))
+            >>> rf.crop(torch.ones(1, 4, 4), 0, 0, fill=-1.0)[0]
+            tensor([[-1., -1., -1.],
+                    [-1.,  1.,  1.],
+                    [-1.,  1.,  1.]])
+        """
+        if not isinstance(image, Tensor) or image.dim() != len(self.size) + 1:
+            raise ValueError(f"image must be a tensor [C, {', '.join(map(str, self.input_size))}], got {_shape(image)}")
+        if tuple(image.shape[1:]) != tuple(self.input_size):
+            raise ValueError(
+                f"image has spatial size {tuple(image.shape[1:])} but the field was computed for {self.input_size}"
+            )
+        box = self.box(*index)
+        n = len(self.size)
+        out = image.new_full((image.shape[0], *self.size), fill)
+        dst, src = [slice(None)], [slice(None)]
+        for a, size, limit in zip(box[:n], self.size, self.input_size, strict=True):
+            lo, hi = max(0, a), min(limit, a + size)
+            if hi <= lo:
+                return out
+            dst.append(slice(lo - a, hi - a))
+            src.append(slice(lo, hi))
+        out[tuple(dst)] = image[tuple(src)]
+        return out
+
+    def __str__(self) -> str:
+        dims = "x".join(map(str, self.size))
+        return (
+            f"ReceptiveField({self.layer or 'layer'}: size {dims}, stride {'x'.join(map(str, self.stride))}, "
+            f"offset {tuple(self.offset)}{'' if self.exact else ', bound'})"
+        )
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points.
+# --------------------------------------------------------------------------------------
+
+
+def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    if not isinstance(input_shape, (tuple, list, torch.Size)) or not all(isinstance(v, int) for v in input_shape):
+        raise TypeError(f"input_shape must be a tuple of ints such as (C, H, W), got {input_shape!r}")
+    if not 2 <= len(input_shape) <= 4 or any(v < 1 for v in input_shape):
+        raise ValueError(
+            f"input_shape must be (C, L), (C, H, W) or (C, D, H, W) of positive ints, got {tuple(input_shape)}"
+        )
+    return tuple(input_shape)
+
+
+def _analytic(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
+    try:
+        gm, analysis = _rf_graph.analyse(model, input_shape)
+    except _rf_graph.TraceFailed as err:
+        return _analytic_chain(model, name, input_shape, str(err))
+    node = _rf_graph.layer_node(gm, name)
+    return _from_field(analysis.fields.get(node), node, name, input_shape)
+
+
+def _from_field(field: Any, node: Any, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
+    if isinstance(field, tuple):
+        field = field[0]
+    if not isinstance(field, _rf_graph.Field):
+        raise ReceptiveFieldError(f"layer {name!r} does not depend on the input")
+    shape = _rf_graph._shape(node)
+    if shape is None:
+        raise ReceptiveFieldError(f"layer {name!r} does not output a single tensor")
+    output_size = tuple(shape[d] for d in field.layout) if field.layout else (1,) * len(field.size)
+    return _make(field, input_shape, output_size, name)
+
+
+def _make(
+    field: _rf_graph.Field, input_shape: tuple[int, ...], output_size: tuple[int, ...], name: str
+) -> ReceptiveField:
+    reach = tuple(
+        (tuple(int(v) for v in lo), tuple(int(v) for v in hi)) for lo, hi in zip(field.lo, field.hi, strict=True)
+    )
+    return ReceptiveField(
+        field.size,
+        field.jump,
+        field.left,
+        input_shape[1:],
+        output_size,
+        name,
+        field.exact,
+        "analytic",
+        reach,
+    )
+
+
+def receptive_field(
+    model: nn.Module,
+    layer: str | nn.Module,
+    input_shape: Sequence[int],
+    method: Method = "analytic",
+    verify: bool = False,
+) -> ReceptiveField:
+    """The receptive field of the units of ``layer`` for inputs of ``input_shape``.
+
+    Args:
+        model: the network. It is not modified (shape inference runs it once in eval
+            mode on zeros, and restores every module's training flag).
+        layer: a module of ``model`` or its dotted name. A container (e.g. a ResNet
+            stage) means its output.
+        input_shape: ``(C, H, W)`` (or ``(C, L)``, ``(C, D, H, W)``), without batch.
+        method: ``"analytic"`` (a ``torch.fx`` trace; falls back, with a warning, to
+            walking the modules in execution order when tracing fails) or ``"probe"``
+            (the gradient support of units of a positive-weight copy of the model).
+        verify: compute both and raise :class:`ReceptiveFieldError` if the probe's
+            support of probed units (centre, neighbours and borders) differs from the
+            analytic box clipped to the image.
+
+    Returns:
+        A :class:`ReceptiveField`.
+
+    Raises:
+        ReceptiveFieldError: paths that merge are misaligned, an op is unknown to the
+            analytic method, or the two methods disagree under ``verify``.
+        ValueError: the layer is not in the model, the input is too small for the
+            model, or (probe) every probed unit sees the whole input.
+
+    Example:
+        >>> import torchvision
+        >>> rf = receptive_field(torchvision.models.vgg16(), "features.30", (3, 224, 224))
+        >>> rf.size, rf.stride, rf.offset
+        ((212, 212), (32, 32), (-90, -90))
+    """
+    check_model(model)
+    name, _ = resolve_layer(model, layer)
+    input_shape = _check_input_shape(input_shape)
+    if method not in ("analytic", "probe"):
+        raise ValueError(f"method must be 'analytic' or 'probe', got {method!r}")
+    if method == "probe" and not verify:
+        return _probe_field(model, name, input_shape)
+    analytic = _analytic(model, name, input_shape)
+    if verify:
+        _verify(model, analytic, input_shape)
+        if method == "probe":
+            return _probe_field(model, name, input_shape)
+    return analytic
+
+
+class ReceptiveFieldTable(list):
+    """Rows ``(layer name, ReceptiveField)`` for every convolution and pooling layer.
+
+    ``str(table)`` (and ``print(table)``) gives an aligned text table;
+    :meth:`to_markdown` a Markdown one; notebooks show HTML.
+    """
+
+    _HEADER = ("layer", "type", "map", "size", "stride", "offset")
+
+    def _cells(self) -> list[tuple[str, ...]]:
+        def dims(values: Iterable[int]) -> str:
+            return "x".join(str(v) for v in values)
+
+        return [
+            (
+                name,
+                kind,
+                dims(rf.output_size),
+                dims(rf.size) + ("" if rf.exact else " (bound)"),
+                dims(rf.stride),
+                str(tuple(rf.offset)),
+            )
+            for name, kind, rf in self
+        ]
+
+    def __str__(self) -> str:
+        rows = [self._HEADER, *self._cells()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The table in Markdown."""
+        lines = ["| " + " | ".join(self._HEADER) + " |", "|" + "---|" * len(self._HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in self._cells()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self._cells())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_TABLE_TYPES = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+def receptive_field_table(model: nn.Module, input_shape: Sequence[int]) -> ReceptiveFieldTable:
+    """The analytic receptive field of every convolution and pooling layer, in forward order.
+
+    Args:
+        model: the network (not modified).
+        input_shape: ``(C, H, W)`` without batch.
+
+    Returns:
+        A :class:`ReceptiveFieldTable` of ``(name, type, ReceptiveField)`` rows; it
+        prints as an aligned table.
+
+    Example:
+        >>> import torchvision
+        >>> print(receptive_field_table(torchvision.models.alexnet(), (3, 224, 224))[:2])  # doctest: +SKIP
+    """
+    check_model(model)
+    input_shape = _check_input_shape(input_shape)
+    try:
+        gm, analysis = _rf_graph.analyse(model, input_shape)
+    except _rf_graph.TraceFailed as err:
+        table = ReceptiveFieldTable()
+        for name, module in model.named_modules():
+            if isinstance(module, _TABLE_TYPES):
+                table.append((name, type(module).__name__, _analytic_chain(model, name, input_shape, str(err))))
+        return table
+    table = ReceptiveFieldTable()
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target in seen:
+            continue
+        module = analysis.modules[node.target]
+        if isinstance(module, _TABLE_TYPES):
+            seen.add(node.target)
+            rf = _from_field(analysis.fields.get(node), node, node.target, input_shape)
+            table.append((node.target, type(module).__name__, rf))
+    return table
+
+
+def _analytic_chain(model: nn.Module, name: str, input_shape: tuple[int, ...], reason: str) -> ReceptiveField:
+    field, output_size = _rf_graph.walk_chain(model, name, input_shape, reason)
+    return _make(field, input_shape, output_size, name)
+
+
+# --------------------------------------------------------------------------------------
+# The probe.
+# --------------------------------------------------------------------------------------
+
+
+def _positive_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy with random positive weights, zero biases and identity BatchNorm statistics."""
+    probe = copy.deepcopy(model).double().eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in probe.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("bias"):
+                param.zero_()
+                continue
+            values = torch.rand(param.shape, generator=gen, dtype=torch.float64) + 0.5
+            if param.dim() >= 2:
+                values /= param[0].numel()
+            param.copy_(values)
+            param.requires_grad_(False)
+        for name, buffer in probe.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.zero_()
+            elif name.endswith("running_var"):
+                buffer.fill_(1.0)
+    return probe
+
+
+def measure_support(
+    model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int], units: Sequence[Sequence[int]]
+) -> list[tuple[int, ...] | None]:
+    """The input pixels that units of ``layer`` depend on, measured by the probe.
+
+    Each unit's gradient support is taken on a copy of ``model`` with random positive
+    weights and zero biases, where every pointwise non-linearity is the identity and
+    max-pooling a window sum (the engine's ``"probe"`` rules); the support is then
+    the field clipped to the image (with holes for dilated kernels).
+
+    Args:
+        model: the network (not modified: the probe runs on a copy).
+        layer: a module of ``model`` or its dotted name; its output must be
+            ``[N, C, *spatial]``.
+        input_shape: ``(C, H, W)`` without batch.
+        units: spatial coordinates, e.g. ``[(y, x), ...]``; all channels are seeded.
+
+    Returns:
+        For each unit, the bounding box ``(top, left, bottom, right)`` (half-open) of
+        its support, or None if it is empty.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3))
+        >>> measure_support(net, "1", (1, 8, 8), [(0, 0), (3, 2)])
+        [(0, 0, 5, 5), (3, 2, 8, 7)]
+    """
+    check_model(model)
+    name, _ = resolve_layer(model, layer)
+    input_shape = _check_input_shape(input_shape)
+    probe = _positive_copy(model)
+    module = dict(probe.named_modules())[name]
+    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand((len(units), *input_shape), generator=gen, dtype=torch.float64) + 0.5).to(device)
+    x.requires_grad_(True)
+    with torch.enable_grad():
+        with ReverseRules("probe"):
+            out = forward_to_layer(probe, module, (x,), layer_name=name)
+        n = len(input_shape) - 1
+        if out.dim() != n + 2:
+            raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; the probe needs [N, C, *spatial]")
+        seed = torch.zeros_like(out)
+        for row, unit in enumerate(units):
+            if len(unit) != n or not all(0 <= int(u) < s for u, s in zip(unit, out.shape[2:], strict=True)):
+                raise ValueError(f"units[{row}] = {tuple(unit)} is out of range for the map {tuple(out.shape[2:])}")
+            seed[(row, slice(None), *(int(u) for u in unit))] = 1.0
+        (grad,) = torch.autograd.grad(out, x, seed, allow_unused=True)
+    boxes: list[tuple[int, ...] | None] = []
+    for row in range(len(units)):
+        support = grad[row].abs().sum(0) > 0 if grad is not None else torch.zeros(input_shape[1:], dtype=torch.bool)
+        where = support.nonzero()
+        if len(where) == 0:
+            boxes.append(None)
+            continue
+        lo, hi = where.min(0).values, where.max(0).values + 1
+        boxes.append((*(int(v) for v in lo), *(int(v) for v in hi)))
+    return boxes
+
+
+def _probe_units(output_size: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Centre, its neighbours and the borders along each axis (others at the centre)."""
+    mid = tuple(s // 2 for s in output_size)
+    units = {mid}
+    for axis, size in enumerate(output_size):
+        for pos in {0, 1, mid[axis], mid[axis] + 1, size - 2, size - 1}:
+            if 0 <= pos < size:
+                units.add(tuple(pos if a == axis else mid[a] for a in range(len(output_size))))
+    return sorted(units)
+
+
+def _layer_output_size(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    module = dict(model.named_modules())[name]
+    with torch.no_grad(), _rf_graph.EvalMode(model):
+        out = forward_to_layer(model, module, (_rf_graph.example_input(model, input_shape),), layer_name=name)
+    return tuple(out.shape[2:])
+
+
+def _probe_field(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
+    output_size = _layer_output_size(model, name, input_shape)
+    units = _probe_units(output_size)
+    boxes = measure_support(model, name, input_shape, units)
+    n, extent = len(output_size), input_shape[1:]
+    size: list[int] = []
+    stride: list[int] = []
+    offset: list[int] = []
+    for axis in range(n):
+        along = [
+            (u[axis], b)
+            for u, b in zip(units, boxes, strict=True)
+            if b is not None and all(u[a] == output_size[a] // 2 for a in range(n) if a != axis)
+        ]
+        whole = [(u, b[axis], b[axis + n]) for u, b in along if b[axis] > 0 and b[axis + n] < extent[axis]]
+        if not whole:
+            raise ValueError(
+                f"input_shape={input_shape} is too small for the probe: every probed unit of layer {name!r} sees "
+                f"the input up to its border on axis {axis}, so its field size cannot be measured. Use "
+                "method='analytic', or a larger input_shape"
+            )
+        u0, start0, stop0 = whole[0]
+        size.append(stop0 - start0)
+        starts = sorted({(u, start) for u, start, stop in ((u, b[axis], b[axis + n]) for u, b in along) if start > 0})
+        if output_size[axis] > 1 and len(starts) >= 2:
+            (ua, sa), (ub, sb) = starts[0], starts[-1]
+            stride.append((sb - sa) // (ub - ua) if ub != ua else extent[axis])
+        else:
+            stride.append(extent[axis])
+        offset.append(start0 - u0 * stride[-1])
+    return ReceptiveField(tuple(size), tuple(stride), tuple(offset), extent, output_size, name, True, "probe")
+
+
+def _verify(model: nn.Module, analytic: ReceptiveField, input_shape: tuple[int, ...]) -> None:
+    units = _probe_units(analytic.output_size)
+    boxes = measure_support(model, analytic.layer, input_shape, units)
+    n = len(analytic.size)
+    for unit, measured in zip(units, boxes, strict=True):
+        expected: tuple[int, ...] | None = analytic.clipped_box(*unit)
+        if any(expected[a] >= expected[a + n] for a in range(n)):
+            expected = None  # the box lies in the padding only: nothing to see
+        if measured != expected:
+            raise ReceptiveFieldError(
+                f"analytic and probe receptive fields of layer {analytic.layer!r} disagree at unit {unit}: "
+                f"analytic box (clipped) {expected}, probe support {measured}"
+            )

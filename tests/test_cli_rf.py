@@ -1,0 +1,98 @@
+"""``deconvviz rf`` and model loading, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from captum_deconvviz.cli import main
+from captum_deconvviz.model_loading import ModelLoadError, load_model
+
+
+def test_rf_prints_the_vgg16_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rf", "--model", "torchvision:vgg16", "--input-size", "3", "224", "224"]) == 0
+    out = capsys.readouterr().out
+    pool5 = next(line for line in out.splitlines() if line.startswith("features.30 "))
+    assert pool5.split()[1:] == ["MaxPool2d", "7x7", "212x212", "32x32", "(-90,", "-90)"]
+
+
+def test_rf_one_layer_verified_and_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            ["rf", "--model", "torchvision:resnet18", "--input-size", "3", "96", "96", "--layer", "layer2", "--verify"]
+        )
+        == 0
+    )
+    assert "size 99x99, stride 8x8" in capsys.readouterr().out
+    assert main(["rf", "--model", "torchvision:alexnet", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| layer | type | map | size | stride | offset |")
+
+
+def test_rf_errors_are_one_line_with_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rf", "--model", "torchvision:vgg17"]) == 2
+    assert "torchvision has no model 'vgg17'" in capsys.readouterr().err
+    assert main(["rf", "--model", "torchvision:vgg11", "--layer", "features.99"]) == 2
+    assert "is not a module of the model" in capsys.readouterr().err
+
+
+def test_console_script_runs() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captum_deconvviz.cli",
+            "rf",
+            "--model",
+            "torchvision:alexnet",
+            "--layer",
+            "features.12",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "195x195" in result.stdout
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated in torch 2.14, still supported
+def test_state_dict_loads_with_arch_and_code_needs_trust(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = torchvision.models.alexnet()
+    weights = tmp_path / "alexnet.pth"
+    torch.save(model.state_dict(), weights)
+    loaded = load_model(str(weights), arch="torchvision:alexnet")
+    assert torch.equal(loaded.features[0].weight, model.features[0].weight) and not loaded.training
+    loaded = load_model("torchvision:alexnet", weights=str(weights))
+    assert torch.equal(loaded.classifier[1].weight, model.classifier[1].weight)
+    with pytest.raises(ModelLoadError, match="--trust-code"):
+        load_model(str(weights))
+    scripted = tmp_path / "net.ts"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3))).save(str(scripted))
+    with pytest.raises(ModelLoadError, match="run on loading"):
+        load_model(str(scripted))
+    assert isinstance(load_model(str(scripted), trust_code=True), torch.jit.ScriptModule)
+    with pytest.raises(ModelLoadError, match="do not fit the architecture"):
+        load_model(str(weights), arch="torchvision:vgg11")
+
+
+def test_offline_download_gives_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*_args: object, **_kwargs: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ModelLoadError, match="could not download the DEFAULT weights of torchvision:alexnet"):
+        load_model("torchvision:alexnet", weights="DEFAULT")
+
+
+def test_factory_specs() -> None:
+    model = load_model("torchvision.models:resnet18")
+    assert isinstance(model, torchvision.models.ResNet)
+    with pytest.raises(ModelLoadError, match="cannot import"):
+        load_model("no_such_module:f")
+    with pytest.raises(ModelLoadError, match="cannot read model spec"):
+        load_model("resnet18")
