@@ -1,0 +1,164 @@
+"""Training of the default model on CIFAR-10, seeded and reproducible, on CPU or GPU.
+
+``python -m captum_deconvviz.zoo.train --out weights.pt`` (see ``examples/train_default_model.py``).
+Training uses BatchNorm, SGD with Nesterov momentum, a one-cycle learning rate,
+label smoothing, random crops (4-pixel zero padding) and horizontal flips; BatchNorm
+is folded into the convolutions at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import find_cifar10, load_cifar10
+from .model import ZFNetCIFAR
+from .transforms import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ["evaluate", "train_default_model"]
+
+
+def _normalize(images: Tensor) -> Tensor:
+    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def _augment(images: Tensor, gen: torch.Generator) -> Tensor:
+    """Random 32x32 crops of the 4-pixel zero-padded images, and random horizontal flips."""
+    n = images.shape[0]
+    padded = F.pad(images, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on uint8 ``images`` (normalized here)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = _normalize(images[start : start + batch_size].to(device))
+        correct += int((model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    return correct / len(images)
+
+
+def train_default_model(
+    epochs: int = 15,
+    batch_size: int = 256,
+    lr: float = 0.2,
+    seed: int = 0,
+    data_root: str | None = None,
+    device: str | None = None,
+    limit: int | None = None,
+    log: bool = True,
+) -> tuple[ZFNetCIFAR, dict[str, float]]:
+    """Train the default model and return it (BatchNorm folded, eval mode) with metrics.
+
+    Args:
+        epochs: passes over the training set.
+        batch_size: images per step.
+        lr: peak learning rate of the one-cycle schedule.
+        seed: seeds initialization, data order and augmentation.
+        data_root: folder with CIFAR-10's ``train.zip``/``test.zip``; default
+            :func:`captum_deconvviz.data.find_cifar10`.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+        limit: train on the first ``limit`` training images only (for smoke tests).
+        log: print progress.
+
+    Returns:
+        ``(model, {"test_accuracy": ..., "train_seconds": ..., ...})``.
+    """
+    torch.manual_seed(seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    root = data_root or find_cifar10()
+    train_x, train_y, _ = load_cifar10("train", limit=limit, root=root)
+    test_x, test_y, _ = load_cifar10("test", root=root)
+    model = ZFNetCIFAR(batch_norm=True).to(dev).to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for _name, param in model.named_parameters():
+        (no_decay if param.dim() == 1 else decay).append(param)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps = epochs * (len(train_x) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.25)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=gen)
+        total = 0.0
+        for step in range(len(train_x) // batch_size):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            x = _normalize(_augment(train_x[index], gen)).to(dev).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), train_y[index].to(dev), label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        if log:
+            elapsed = time.perf_counter() - start
+            print(f"epoch {epoch + 1}/{epochs}: loss {total / (step + 1):.3f}, {elapsed:.0f}s", flush=True)
+    train_seconds = time.perf_counter() - start
+    folded = model.fold_batch_norm().to(dev).to(memory_format=torch.contiguous_format)
+    metrics = {
+        "test_accuracy": evaluate(folded, test_x, test_y),
+        "train_seconds": train_seconds,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "train_images": len(train_x),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+    }
+    if log:
+        print(f"test accuracy {metrics['test_accuracy']:.4f} after {train_seconds:.0f}s", flush=True)
+    return folded.cpu().eval(), metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where to write the weights (float16 state_dict)")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="folder with CIFAR-10's train.zip and test.zip")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    args = parser.parse_args()
+    model, metrics = train_default_model(
+        args.epochs, args.batch_size, args.lr, args.seed, args.data, args.device, args.limit
+    )
+    out = Path(args.out)
+    # float16 halves the shipped file; accuracy is measured again after the round trip.
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    torch.save(state, out)
+    restored = ZFNetCIFAR()
+    restored.load_state_dict({k: v.float() for k, v in state.items()})
+    test_x, test_y, _ = load_cifar10("test", root=args.data or find_cifar10())
+    metrics["test_accuracy_float16_weights"] = evaluate(restored.eval(), test_x, test_y)
+    out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
