@@ -9,7 +9,7 @@ share that single forward and single backward.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -17,9 +17,10 @@ from captum._utils.common import _verify_select_neuron
 from torch import Tensor, nn
 
 from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
+from .cropped import CroppedPlan, cropped_plan
 from .engine import ActivationPolicy, ReverseRules
 
-__all__ = ["Seed", "neuron_seed", "project_units"]
+__all__ = ["Seed", "neuron_seed", "project_records", "project_units"]
 
 Seed = Literal["activation", "one"]
 _SEEDS = ("activation", "one")
@@ -31,6 +32,9 @@ _SEEDS = ("activation", "one")
 PROJECTION_MEMORY_BUDGET = 48 * 2**20
 #: Rows of the first chunk, which measures the memory per row, and the most rows per chunk.
 FIRST_CHUNK_ROWS, MAX_CHUNK_ROWS = 4, 64
+#: ``crop="auto"`` uses the cropped pass when its window work is at most this fraction
+#: of the full pass's.
+CROP_WHEN_COST_BELOW = 0.5
 
 NeuronSelector = int | tuple[Any, ...] | Callable[[Tensor], Tensor] | Tensor
 
@@ -164,6 +168,7 @@ def project_units(
     batch_size: int | None = None,
     rules: str = "zf",
     activations: ActivationPolicy = "rectify",
+    crop: bool | str = "auto",
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Project one unit per input row back to pixel space with the DeconvNet.
 
@@ -191,6 +196,11 @@ def project_units(
         rules: ``"zf"`` (DeconvNet) or ``"guided"`` (Guided Backprop).
         activations: the rule for ReLU-like activations, see
             :class:`~captum_deconvviz.engine.ReverseRules`.
+        crop: run each unit's forward and reverse pass on its receptive-field crop
+            only (:mod:`captum_deconvviz.cropped`; exact, and cheaper in proportion to
+            the unit's cone). ``"auto"`` crops when the layer allows it and it saves at
+            least half the work; ``True`` insists (an error says why it cannot);
+            ``False`` never crops. Ignored with ``return_intermediates``.
 
     Returns:
         The projections, shaped like ``inputs``; with ``return_intermediates``, a tuple
@@ -210,8 +220,9 @@ def project_units(
     _check_seed(seed)
     if rules not in ("zf", "guided"):
         raise ValueError(f"rules must be 'zf' or 'guided', got {rules!r}")
-    if not isinstance(units, Tensor):
-        raise TypeError(f"units must be an integer tensor [N, k], got {type(units).__name__}")
+    if not isinstance(units, Tensor) or units.is_floating_point() or units.is_complex() or units.dtype == torch.bool:
+        kind = units.dtype if isinstance(units, Tensor) else type(units).__name__
+        raise TypeError(f"units must be an integer tensor [N, k], got {kind}")
     if units.dim() != 2 or units.shape[0] != inputs.shape[0]:
         raise ValueError(
             f"units must have shape [N, k] with N = inputs.shape[0] = {inputs.shape[0]}; got {tuple(units.shape)}"
@@ -219,6 +230,7 @@ def project_units(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
+    plan = None if return_intermediates else _choose_plan(model, name, tuple(inputs.shape[1:]), crop)
     chunks: list[Tensor] = []
     signals: dict[str, list[Tensor]] = {}
     start, rows = 0, batch_size or FIRST_CHUNK_ROWS
@@ -227,9 +239,12 @@ def project_units(
         with ExitStack() as stack:
             chunk_signals = stack.enter_context(capture_reverse_signals(model)) if return_intermediates else {}
             meter = stack.enter_context(_SavedBytes(model)) if batch_size is None and start == 0 else None
-            chunks.append(
-                _project_chunk(model, module, name, inputs[start:stop], units[start:stop], seed, rules, activations)
-            )
+            if plan is not None:
+                chunks.append(_project_cropped(plan, inputs[start:stop], units[start:stop], seed, rules, activations))
+            else:
+                chunks.append(
+                    _project_chunk(model, module, name, inputs[start:stop], units[start:stop], seed, rules, activations)
+                )
         for key, value in chunk_signals.items():
             signals.setdefault(key, []).extend(value)
         if meter is not None:
@@ -240,6 +255,50 @@ def project_units(
     if return_intermediates:
         return projections, {key: torch.cat(value) for key, value in signals.items() if value}
     return projections
+
+
+def _choose_plan(model: nn.Module, name: str, input_shape: tuple[int, ...], crop: bool | str) -> CroppedPlan | None:
+    if crop not in (True, False, "auto"):
+        raise ValueError(f"crop must be True, False or 'auto', got {crop!r}")
+    if crop is False:
+        return None
+    plan, why = cropped_plan(model, name, input_shape)
+    if plan is None and crop is True:
+        raise ValueError(f"layer {name!r} cannot be projected from crops: {why}")
+    if plan is not None and crop == "auto" and plan.cost_ratio > CROP_WHEN_COST_BELOW:
+        return None
+    return plan
+
+
+def _project_cropped(
+    plan: CroppedPlan, images: Tensor, units: Tensor, seed: Seed, rules: str, activations: ActivationPolicy
+) -> Tensor:
+    """Project on crops, then paste each crop back at its box in a full-size zero image."""
+    bounds = torch.tensor(images.shape[2:])
+    limits = torch.tensor((plan.channels, *plan.output_size))
+    if units.shape[1] != 1 + plan.n:
+        raise ValueError(
+            f"units must have shape [N={units.shape[0]}, {1 + plan.n}] (one index per layer dimension, one row per "
+            f"input); got {tuple(units.shape)} for a layer output of shape (N, {', '.join(map(str, limits.tolist()))})"
+        )
+    if bool(((units < 0) | (units >= limits)).any()):
+        row = int(((units < 0) | (units >= limits)).any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"units[{row}] = {units[row].tolist()} is out of range for a layer output of shape "
+            f"{tuple(limits.tolist())} per example"
+        )
+    projection, starts = plan.project(images, units.to(torch.long), seed, rules, activations)
+    out = torch.zeros_like(images)
+    size = projection.shape[2:]
+    for row in range(images.shape[0]):
+        src, dst = [slice(None)], [slice(None)]
+        for axis in range(plan.n):
+            a = int(starts[row, axis])
+            lo, hi = max(0, a), min(int(bounds[axis]), a + size[axis])
+            dst.append(slice(lo, hi))
+            src.append(slice(lo - a, hi - a))
+        out[(row, *dst)] = projection[(row, *src)]
+    return out
 
 
 class _SavedBytes:
@@ -282,3 +341,136 @@ def _project_chunk(
             return torch.zeros_like(images)
         (projection,) = torch.autograd.grad(layer_out, x, grad_outputs, allow_unused=True)
     return torch.zeros_like(images) if projection is None else projection
+
+
+def project_records(
+    model: nn.Module,
+    layer: str | nn.Module,
+    images: Tensor,
+    units: Tensor,
+    seed: Seed = "activation",
+    rules: str = "zf",
+    activations: ActivationPolicy = "rectify",
+    rows: int | None = None,
+    crop: bool | str = "auto",
+) -> Tensor:
+    """Project many units of few images: each image's forward pass runs once.
+
+    Args:
+        model: the network (not modified).
+        layer: a module of ``model`` or its dotted name.
+        images: the distinct images ``[U, C, H, W]``.
+        units: ``[R, 1 + k]`` integer rows ``(image row, *unit index)``, e.g.
+            ``(u, channel, y, x)``; several rows may share an image.
+        seed: ``"activation"`` or ``"one"``.
+        rules: ``"zf"`` or ``"guided"``.
+        activations: the rule for ReLU-like activations.
+        rows: projections per reverse pass (images x records per image); ``None``
+            sizes it from the memory autograd keeps per image.
+        crop: as in :func:`project_units`: with a cropped pass each record runs on its
+            own receptive-field crop, which beats sharing full-image forward passes
+            when the crop's cone is small.
+
+    Returns:
+        ``[R, C, H, W]``: row ``r`` is the projection of unit ``units[r, 1:]`` of image
+        ``units[r, 0]``. Records of one image share its forward pass; their reverse
+        passes run together (``torch.autograd.grad(..., is_grads_batched=True)``).
+    """
+    check_model(model)
+    name, module = resolve_layer(model, layer)
+    (images,) = format_inputs(images, model)
+    _check_seed(seed)
+    if not isinstance(units, Tensor) or units.dim() != 2 or units.shape[1] < 2 or units.is_floating_point():
+        raise ValueError("units must be an integer tensor [R, 1 + k] of (image row, *unit index)")
+    units = units.long().cpu()
+    if len(units) and (int(units[:, 0].min()) < 0 or int(units[:, 0].max()) >= len(images)):
+        raise ValueError(f"units[:, 0] must index the {len(images)} images")
+    result = torch.zeros((len(units), *images.shape[1:]), dtype=images.dtype, device=images.device)
+    if len(units) == 0:
+        return result
+    plan = _choose_plan(model, name, tuple(images.shape[1:]), crop)
+    if plan is not None:
+        start, chunk = 0, rows or FIRST_CHUNK_ROWS
+        while start < len(units):
+            stop = start + chunk
+            meter = _SavedBytes(model) if rows is None and start == 0 else None
+            with meter if meter is not None else nullcontext():
+                rows_images = images[units[start:stop, 0].to(images.device)]
+                result[start:stop] = _project_cropped(
+                    plan, rows_images, units[start:stop, 1:], seed, rules, activations
+                )
+            if meter is not None:
+                per_row = meter.bytes / min(chunk, len(units))
+                chunk = int(min(MAX_CHUNK_ROWS * 4, max(1, PROJECTION_MEMORY_BUDGET // max(per_row, 1))))
+            start = stop
+        return result
+    # Each record's slot among the records of its image; images with most records first.
+    counts = torch.bincount(units[:, 0], minlength=len(images))
+    by_image = torch.argsort(units[:, 0], stable=True)
+    group_start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty(len(units), dtype=torch.long)
+    slot[by_image] = torch.arange(len(units)) - group_start[units[by_image, 0]]
+    image_order = [int(i) for i in torch.argsort(counts, descending=True, stable=True) if counts[i] > 0]
+
+    budget = rows
+    position = 0
+    meter_rows = FIRST_CHUNK_ROWS
+    while position < len(image_order):
+        per_image = int(counts[image_order[position]])
+        take = max(1, (budget if budget is not None else meter_rows * per_image) // per_image)
+        chunk = image_order[position : position + take]
+        meter = _SavedBytes(model) if budget is None else None
+        with meter if meter is not None else nullcontext():
+            grads = _project_slots(model, module, name, images, chunk, units, slot, seed, rules, activations)
+        if meter is not None:
+            per_row = meter.bytes / len(chunk)
+            budget = int(min(MAX_CHUNK_ROWS, max(1, PROJECTION_MEMORY_BUDGET // max(per_row, 1))))
+        for local, image in enumerate(chunk):
+            records = (units[:, 0] == image).nonzero().flatten()
+            result[records] = grads[slot[records], local]
+        position += len(chunk)
+    return result
+
+
+def _project_slots(
+    model: nn.Module,
+    module: nn.Module,
+    name: str,
+    images: Tensor,
+    chunk: list[int],
+    units: Tensor,
+    slot: Tensor,
+    seed: Seed,
+    rules: str,
+    activations: ActivationPolicy,
+) -> Tensor:
+    """Projections ``[M, len(chunk), C, H, W]``: slot m of every image in the chunk."""
+    x = images[chunk].detach().requires_grad_(True)
+    local = {image: i for i, image in enumerate(chunk)}
+    rows = torch.cat([(units[:, 0] == image).nonzero().flatten() for image in chunk])
+    slots = int(slot[rows].max()) + 1
+    with torch.enable_grad():
+        with ReverseRules(rules, activations=activations):
+            layer_out = forward_to_layer(model, module, (x,), layer_name=name)
+        activation = layer_out.detach()
+        grad = torch.zeros((slots, *layer_out.shape), dtype=layer_out.dtype, device=layer_out.device)
+        where = units[rows, 1:]
+        if where.shape[1] != layer_out.dim() - 1:
+            raise ValueError(
+                f"units must give {layer_out.dim() - 1} indices after the image row for layer {name!r} "
+                f"(output {tuple(layer_out.shape)}), got {where.shape[1]}"
+            )
+        bounds = torch.tensor(layer_out.shape[1:])
+        if bool(((where < 0) | (where >= bounds)).any()):
+            raise ValueError(f"units hold indices out of range for layer {name!r} with output {tuple(layer_out.shape)}")
+        image_rows = torch.tensor([local[int(i)] for i in units[rows, 0]])
+        index = (slot[rows], image_rows, *where.t())
+        grad[index] = activation[(image_rows, *where.t())] if seed == "activation" else 1.0
+        if not layer_out.requires_grad:
+            return torch.zeros((slots, *x.shape), dtype=x.dtype, device=x.device)
+        if slots == 1:
+            (projection,) = torch.autograd.grad(layer_out, x, grad[0], allow_unused=True)
+            projection = None if projection is None else projection.unsqueeze(0)
+        else:
+            (projection,) = torch.autograd.grad(layer_out, x, grad, allow_unused=True, is_grads_batched=True)
+    return torch.zeros((slots, *x.shape), dtype=x.dtype, device=x.device) if projection is None else projection

@@ -1,0 +1,112 @@
+"""Uniform access to what users pass as ``data``: a tensor, a Dataset or a DataLoader.
+
+Records refer to dataset indices, so data must be indexable and iterated in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset
+
+__all__ = ["batches", "check_data", "fetch", "length"]
+
+
+def check_data(data: Any, argname: str = "data") -> None:
+    if isinstance(data, Tensor):
+        if data.dim() < 2:
+            raise ValueError(
+                f"{argname} must be a tensor [N, C, H, W] (or a Dataset/DataLoader), got {tuple(data.shape)}"
+            )
+        return
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            raise TypeError(f"{argname} is a DataLoader over an IterableDataset: records need indexable data")
+        if not isinstance(data.sampler, SequentialSampler):
+            raise ValueError(
+                f"{argname} is a DataLoader with a {type(data.sampler).__name__}: records refer to dataset indices, "
+                "so it must iterate in order (shuffle=False)"
+            )
+        return
+    if isinstance(data, IterableDataset) or not isinstance(data, Dataset):
+        raise TypeError(f"{argname} must be a Tensor, a map-style Dataset or a DataLoader, got {type(data).__name__}")
+
+
+def length(data: Any) -> int:
+    if isinstance(data, DataLoader):
+        return len(data.dataset)  # type: ignore[arg-type]
+    return len(data)
+
+
+def _image_of(item: Any, index: int) -> Tensor:
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(image, Tensor):
+        raise TypeError(
+            f"data[{index}] gives a {type(image).__name__}, not a tensor: give the dataset a transform that "
+            "returns tensors (e.g. captum_deconvviz.zoo.default_transform())"
+        )
+    return image
+
+
+def fetch(data: Any, indices: Tensor | list[int]) -> Tensor:
+    """The images at ``indices`` as one batch."""
+    indices = [int(i) for i in indices]
+    if isinstance(data, Tensor):
+        return data[indices]
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    images = [_image_of(dataset[i], i) for i in indices]
+    return _stack(images, indices[0] if indices else 0)
+
+
+def _stack(images: list[Tensor], first: int) -> Tensor:
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images of different sizes in one batch (near index {first}: {sorted(shapes)}); resize them to one "
+            "size, e.g. with torchvision.transforms.Resize and CenterCrop"
+        )
+    return torch.stack(images)
+
+
+def _collate(items: list[Any]) -> Tensor:
+    return _stack([_image_of(item, i) for i, item in enumerate(items)], 0)
+
+
+def batches(
+    data: Any, batch_size: int, start: int = 0, num_workers: int = 0, order: Sequence[int] | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(dataset indices [B], images)`` in dataset order.
+
+    Args:
+        data: a tensor, Dataset or DataLoader.
+        batch_size: images per batch (a DataLoader keeps its own).
+        start: skip the first ``start`` images of ``order``.
+        num_workers: DataLoader workers for a Dataset.
+        order: the dataset indices to visit, ascending (default: all of them).
+    """
+    indices = list(range(length(data))) if order is None else list(order)
+    indices = indices[start:]
+    if isinstance(data, Tensor):
+        for first in range(0, len(indices), batch_size):
+            chosen = indices[first : first + batch_size]
+            yield (
+                torch.tensor(chosen, dtype=torch.long),
+                data[chosen] if order is not None else data[chosen[0] : chosen[-1] + 1],
+            )
+        return
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    loader = DataLoader(
+        Subset(dataset, indices),  # type: ignore[arg-type]
+        batch_size=(data.batch_size or 1) if isinstance(data, DataLoader) else batch_size,
+        num_workers=data.num_workers if isinstance(data, DataLoader) else num_workers,
+        collate_fn=_collate,
+        pin_memory=data.pin_memory if isinstance(data, DataLoader) else False,
+    )
+    position = 0
+    for images in loader:
+        chosen = indices[position : position + len(images)]
+        position += len(images)
+        yield torch.tensor(chosen, dtype=torch.long), images

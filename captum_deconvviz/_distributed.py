@@ -1,0 +1,67 @@
+"""``torch.distributed`` glue for mining: shard identity, argument checks, gathering results.
+
+Collectives run on the process group the user (or torchrun + ``deconvviz mine``) set up;
+they time out after the group's ``timeout`` (see docs/mining-imagenet.md).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["active", "all_gather_results", "check_same_config", "init_from_env", "is_main", "rank_and_world"]
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    """True on rank 0, and when not distributed: logs and outputs come from here only."""
+    return not active() or dist.get_rank() == 0
+
+
+def init_from_env(timeout_minutes: float = 30.0) -> bool:
+    """Start the process group torchrun describes (``WORLD_SIZE`` > 1), if not started yet.
+
+    Uses NCCL when CUDA is available, else gloo. Returns True if this process is distributed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+    return True
+
+
+def check_same_config(config: dict[str, Any]) -> None:
+    """Raise on every rank if the ranks were started with different mining arguments."""
+    mine = {key: value for key, value in config.items() if key != "shard"}
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    for rank, other in enumerate(everyone):
+        if other != mine:
+            differ = sorted(key for key in set(mine) | set(other) if mine.get(key) != other.get(key))
+            raise ValueError(
+                f"rank {dist.get_rank()} and rank {rank} were started with different mining arguments "
+                f"({', '.join(differ)}): every rank must mine the same model, layers, data and k"
+            )
+
+
+def all_gather_results(result: Any) -> list[Any]:
+    """Every rank's result, on every rank."""
+    from .mining_result import MiningResult
+
+    payloads: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(payloads, result._payload())
+    return [MiningResult._from_payload(payload) for payload in payloads]

@@ -1,0 +1,245 @@
+"""Per-channel streaming top-k of a layer's activations, mergeable and exact.
+
+Records are ranked by value (descending), then dataset index, then y, then x
+(ascending). ``index * H * W + y * W + x`` is one ascending integer key for the last
+three, so a merge is two stable sorts. The state also keeps exact channel statistics
+(max, sum, counts) so that two states merge into the state of the union.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["TopKState", "exact_sum_add", "exact_sum_value", "nms_kernel"]
+
+_NO_INDEX = -1
+
+# Exact, associative sums: a float64 ``v = m * 2**(e - 53)`` with integer mantissa ``m``
+# (|m| < 2**53) goes to bucket ``e``; buckets are int64 and carry their high bits up
+# 32 exponents after every update, so no bucket overflows. Any two states add
+# bucket-wise into the exact state of the union, whatever the order or the batching:
+# merged statistics equal a single pass bit for bit.
+_EXP_MIN, _EXP_MAX, _CARRY = -1100, 1100, 32
+_BUCKETS = _EXP_MAX - _EXP_MIN + _CARRY
+
+
+def _normalize(buckets: Tensor) -> Tensor:
+    for _ in range(3):  # three passes bound every bucket by 2**32 after additions below 2**62
+        carry = buckets[..., :-_CARRY] >> _CARRY
+        buckets[..., :-_CARRY] -= carry << _CARRY
+        buckets[..., _CARRY:] += carry
+    return buckets
+
+
+def exact_sum_add(buckets: Tensor, values: Tensor, normalize: bool = True) -> None:
+    """Add ``values [B, C]`` (float64) to the exact per-channel sums ``buckets [C, E]``, in place.
+
+    A normalized bucket holds less than 2**33 in magnitude and each value adds less than
+    2**53, so up to 1,000 values may be added between normalizations.
+    """
+    mantissa, exponent = torch.frexp(values)  # values = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    integer = torch.ldexp(mantissa, torch.full_like(exponent, 53)).long()  # exact: 53 bits
+    index = (exponent.long() - _EXP_MIN).clamp(0, _BUCKETS - _CARRY - 1)
+    channels = buckets.shape[0]
+    flat = (torch.arange(channels, device=buckets.device).view(1, -1) * buckets.shape[1] + index).flatten()
+    buckets.view(-1).index_add_(0, flat, integer.flatten())
+    if normalize:
+        _normalize(buckets)
+
+
+def exact_sum_value(buckets: Tensor) -> list[int]:
+    """The exact sums as ``numerator`` integers over ``2**(53 - _EXP_MIN)`` (one per channel)."""
+    rows = buckets.cpu().tolist()
+    return [sum(v << i for i, v in enumerate(row)) for row in rows]
+
+
+def exact_mean(buckets: Tensor, counts: Tensor) -> Tensor:
+    """Correctly rounded ``sum / count`` per channel, from the exact sums."""
+    from fractions import Fraction
+
+    scale = 2 ** (53 - _EXP_MIN)
+    return torch.tensor(
+        [
+            float(Fraction(total, scale * max(int(n), 1)))
+            for total, n in zip(exact_sum_value(buckets), counts.tolist(), strict=True)
+        ],
+        dtype=torch.float64,
+    )
+
+
+@dataclass
+class TopKState:
+    """Top-k records and statistics of every channel of one layer.
+
+    Tensors are ``[C, k]`` (records) or ``[C]`` (statistics); ``key`` is
+    ``index * H * W + y * W + x`` and -1 for empty slots, whose value is -inf.
+    """
+
+    values: Tensor
+    key: Tensor
+    height: int
+    width: int
+    maximum: Tensor
+    total: Tensor  # exact sum of all activations: int64 buckets [C, E], see exact_sum_add
+    positions: Tensor  # int64 count of (non-NaN) activations summed
+    active_images: Tensor  # images with a positive activation somewhere
+    nan_count: Tensor
+    images: int = 0
+    _pending: int = 0  # values added to ``total`` since its last normalization
+
+    @classmethod
+    def empty(cls, channels: int, k: int, height: int, width: int, device: torch.device) -> TopKState:
+        return cls(
+            values=torch.full((channels, k), float("-inf"), device=device),
+            key=torch.full((channels, k), _NO_INDEX, dtype=torch.long, device=device),
+            height=height,
+            width=width,
+            maximum=torch.full((channels,), float("-inf"), device=device),
+            total=torch.zeros((channels, _BUCKETS), dtype=torch.long, device=device),
+            positions=torch.zeros(channels, dtype=torch.long, device=device),
+            active_images=torch.zeros(channels, dtype=torch.long, device=device),
+            nan_count=torch.zeros(channels, dtype=torch.long, device=device),
+        )
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[1]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The state's tensors (``total`` normalized first, so any copy may take 1,000 more adds)."""
+        _normalize(self.total)
+        self._pending = 0
+        names = ("values", "key", "maximum", "total", "positions", "active_images", "nan_count")
+        return {name: getattr(self, name) for name in names}
+
+    def to(self, device: torch.device | str) -> TopKState:
+        moved = {name: t.to(device) for name, t in self.tensors().items()}
+        return TopKState(height=self.height, width=self.width, images=self.images, **moved)
+
+    # ---- updates --------------------------------------------------------------------
+
+    def merge_candidates(self, values: Tensor, key: Tensor) -> None:
+        """Keep the best k of the current records and ``values``/``key`` ``[C, M]``."""
+        key = torch.where(values == float("-inf"), _NO_INDEX, key)  # NaN-skipped or exhausted: no record
+        all_values = torch.cat([self.values, values], dim=1)
+        all_keys = torch.cat([self.key, key], dim=1)
+        all_values, all_keys = _rank(all_values, all_keys)
+        self.values, self.key = all_values[:, : self.k].contiguous(), all_keys[:, : self.k].contiguous()
+
+    def update_stats(self, activations: Tensor) -> None:
+        """``activations`` is the batch ``[B, C, H, W]``, NaNs already counted and masked."""
+        nan = torch.isnan(activations)
+        finite = activations.masked_fill(nan, 0.0)
+        # per image and channel, then exactly across images: independent of batching and sharding
+        batch = activations.shape[0]
+        if self._pending + batch > 1000:
+            _normalize(self.total)
+            self._pending = 0
+        exact_sum_add(self.total, finite.double().sum(dim=(2, 3)), normalize=False)
+        self._pending += batch
+        self.positions += (~nan).sum(dim=(0, 2, 3))
+        self.nan_count += nan.sum(dim=(0, 2, 3))
+        masked_max = activations.masked_fill(nan, float("-inf")).amax(dim=(2, 3))  # [B, C]
+        self.maximum = torch.maximum(self.maximum, masked_max.amax(dim=0))
+        self.active_images += (masked_max > 0).sum(dim=0)
+        self.images += activations.shape[0]
+
+    def merge(self, other: TopKState) -> None:
+        """Become the state of the union of both streams."""
+        if (other.height, other.width, other.k) != (self.height, self.width, self.k):
+            raise ValueError("cannot merge top-k states of different map sizes or k")
+        self.merge_candidates(other.values.to(self.values.device), other.key.to(self.key.device))
+        self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
+        for name in ("positions", "active_images", "nan_count"):
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(self.values.device))
+        self.total = _normalize(_normalize(self.total) + _normalize(other.total.to(self.total.device).clone()))
+        self._pending = 0
+        self.images += other.images
+
+
+def _rank(values: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row by value descending, then key ascending (empty slots last)."""
+    order = torch.argsort(key, dim=1, stable=True)
+    values, key = values.gather(1, order), key.gather(1, order)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)  # empty slots hold -inf: last
+    return values.gather(1, order), key.gather(1, order)
+
+
+# --------------------------------------------------------------------------------------
+# Candidates of one batch, per uniqueness mode. ``acts`` is [B, C, H, W], NaN-free
+# (NaNs replaced by -inf), ``index`` the dataset index of each image [B] (ascending).
+# --------------------------------------------------------------------------------------
+
+
+def image_candidates(acts: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """One candidate per image and channel: its best position (first in y, x on ties)."""
+    b, c, h, w = acts.shape
+    values, position = acts.reshape(b, c, h * w).max(dim=2)
+    key = index.view(b, 1) * (h * w) + position
+    return values.t().contiguous(), key.t().contiguous()
+
+
+def all_candidates(acts: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best positions of each channel over the batch, ties to the lowest key."""
+    b, c, h, w = acts.shape
+    flat = acts.permute(1, 0, 2, 3).reshape(c, b * h * w)  # row order = (image, y, x) = key order
+    plane = h * w
+
+    def keys(flat_index: Tensor) -> Tensor:
+        return index[flat_index // plane] * plane + flat_index % plane
+
+    if flat.shape[1] <= k:
+        return flat.contiguous(), keys(torch.arange(flat.shape[1], device=acts.device)).expand(c, -1).contiguous()
+    kth = torch.topk(flat, k, dim=1).values[:, -1:]
+    above = flat > kth
+    tied = flat == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= need))
+    rows, flat_index = chosen.nonzero(as_tuple=True)  # row-major: grouped by channel, ascending
+    values = flat[rows, flat_index].view(c, k)
+    return values, keys(flat_index).view(c, k)
+
+
+def nms_kernel(size: tuple[int, int], stride: tuple[int, int], threshold: float) -> Tensor:
+    """Offsets (in units) whose receptive fields overlap with IoU above ``threshold``.
+
+    Two units' boxes have the same size; shifted by ``(dy, dx)`` units they intersect in
+    ``max(0, h - |dy| sy) * max(0, w - |dx| sx)`` pixels.
+    """
+    (h, w), (sy, sx) = size, stride
+    ry, rx = (h - 1) // sy, (w - 1) // sx
+    dy = torch.arange(-ry, ry + 1).view(-1, 1).abs()
+    dx = torch.arange(-rx, rx + 1).view(1, -1).abs()
+    inter = (h - dy * sy).clamp_min(0) * (w - dx * sx).clamp_min(0)
+    iou = inter / (2 * h * w - inter)
+    return (iou > threshold).float()
+
+
+def nms_candidates(acts: Tensor, index: Tensor, k: int, kernel: Tensor) -> tuple[Tensor, Tensor]:
+    """Greedy non-maximum suppression per image and channel, up to k survivors each.
+
+    Greedy NMS never lets images interact, so the k best survivors of every image,
+    merged by key, are exactly the greedy top-k of the whole stream.
+    """
+    b, c, h, w = acts.shape
+    maps = acts.reshape(b * c, 1, h, w).clone()
+    kernel = kernel.to(acts.device, acts.dtype).view(1, 1, *kernel.shape)
+    pad = (kernel.shape[-2] // 2, kernel.shape[-1] // 2)
+    values, positions = [], []
+    for _ in range(min(k, h * w)):
+        best, position = maps.view(b * c, h * w).max(dim=1)
+        values.append(best)
+        positions.append(position)
+        picked = torch.zeros_like(maps).view(b * c, h * w)
+        picked.scatter_(1, position.view(-1, 1), 1.0)
+        suppressed = F.conv2d(picked.view(b * c, 1, h, w), kernel, padding=pad) > 0
+        maps = maps.masked_fill(suppressed, float("-inf"))
+    value = torch.stack(values, dim=1).view(b, c, -1)  # [B, C, picks]
+    position = torch.stack(positions, dim=1).view(b, c, -1)
+    image = index.view(b, 1, 1)
+    key = torch.where(value > float("-inf"), image * (h * w) + position, _NO_INDEX)
+    return value.permute(1, 0, 2).reshape(c, -1), key.permute(1, 0, 2).reshape(c, -1)

@@ -1,0 +1,460 @@
+"""What ``mine_topk`` returns: per-channel top-k records, statistics, crops and projections."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from . import _datasource
+from ._topk import TopKState, exact_mean
+from .receptive_field import ReceptiveField
+
+__all__ = ["ChannelStats", "Crops", "MiningResult", "MiningVerificationError", "Record"]
+
+_FORMAT = "captum_deconvviz.MiningResult/1"
+
+
+class Record(NamedTuple):
+    """One strong activation: image ``index`` of the data, unit ``(y, x)``, its ``value``."""
+
+    index: int
+    y: int
+    x: int
+    value: float
+
+
+class Crops(NamedTuple):
+    """Receptive-field crops ``[..., k, C, h, w]`` and their valid-pixel ``mask`` ``[..., k, h, w]``.
+
+    ``mask`` is False where the field leaves the image (those pixels hold the fill value).
+    """
+
+    images: Tensor
+    mask: Tensor
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics over every image and position mined.
+
+    Attributes:
+        maximum: the largest activation of each channel.
+        mean: the mean activation over all images and positions.
+        fraction_active: the fraction of images with a positive activation somewhere.
+        images: how many images were mined.
+        nan_count: NaN activations skipped (``nan="skip"``).
+    """
+
+    maximum: Tensor
+    mean: Tensor
+    fraction_active: Tensor
+    images: int
+    nan_count: Tensor
+
+    @property
+    def dead(self) -> Tensor:
+        """Channels never active (no positive activation in any image)."""
+        return self.fraction_active == 0
+
+    def __repr__(self) -> str:
+        dead = self.dead.nonzero().flatten().tolist()
+        return (
+            f"ChannelStats({len(self.maximum)} channels over {self.images} images, "
+            f"{len(dead)} dead{': ' + str(dead[:10]) if dead else ''}, "
+            f"mean fraction active {float(self.fraction_active.float().mean()):.3f})"
+        )
+
+
+class MiningVerificationError(AssertionError):
+    """A mined value was not reproduced by a fresh forward pass."""
+
+
+class MiningResult:
+    """The top-k activations of every channel of the mined layers.
+
+    Built by :func:`~captum_deconvviz.mine_topk`; see its documentation. Records are
+    kept best first: value descending, ties to the lower dataset index, then y, then x.
+    """
+
+    def __init__(
+        self,
+        states: dict[str, TopKState],
+        fields: dict[str, ReceptiveField | None],
+        *,
+        k: int,
+        unique: str,
+        nms_threshold: float,
+        num_images: int,
+        input_shape: tuple[int, ...],
+        fingerprint: str,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self._states = {name: state.to("cpu") for name, state in states.items()}
+        self.fields = dict(fields)
+        self.k = k
+        self.unique = unique
+        self.nms_threshold = nms_threshold
+        self.num_images = num_images
+        self.input_shape = tuple(input_shape)
+        self.fingerprint = fingerprint
+        self.meta = dict(meta or {})
+
+    # ---- access ---------------------------------------------------------------------
+
+    @property
+    def layers(self) -> list[str]:
+        """The mined layers, in the order they were given."""
+        return list(self._states)
+
+    def _state(self, layer: str | nn.Module) -> tuple[str, TopKState]:
+        if isinstance(layer, nn.Module):
+            raise TypeError("pass the layer's name (see result.layers); modules are not stored in results")
+        if layer not in self._states:
+            raise ValueError(f"layer {layer!r} was not mined; mined layers: {self.layers}")
+        return layer, self._states[layer]
+
+    def channels(self, layer: str) -> int:
+        """Number of channels of ``layer``."""
+        return self._state(layer)[1].values.shape[0]
+
+    def _channel(self, state: TopKState, channel: int) -> int:
+        if not isinstance(channel, int) or not 0 <= channel < state.values.shape[0]:
+            raise ValueError(f"channel must be an int in [0, {state.values.shape[0]}), got {channel!r}")
+        return channel
+
+    def records(self, layer: str, channel: int) -> list[Record]:
+        """The channel's records, best first (fewer than k if fewer images were mined)."""
+        _, state = self._state(layer)
+        channel = self._channel(state, channel)
+        plane = state.height * state.width
+        out = []
+        for value, key in zip(state.values[channel].tolist(), state.key[channel].tolist(), strict=True):
+            if key < 0:
+                break
+            index, position = divmod(key, plane)
+            out.append(Record(index, position // state.width, position % state.width, value))
+        return out
+
+    def stats(self, layer: str) -> ChannelStats:
+        """Per-channel max, mean and fraction of images active; ``.dead`` flags dead filters."""
+        _, state = self._state(layer)
+        mean = exact_mean(state.total, state.positions).float()
+        active = state.active_images.double() / max(state.images, 1)
+        return ChannelStats(state.maximum.clone(), mean, active.float(), state.images, state.nan_count.clone())
+
+    # ---- crops and projections ----------------------------------------------------------
+
+    def _field(self, layer: str) -> ReceptiveField:
+        field = self.fields.get(layer)
+        if field is None:
+            raise ValueError(
+                f"no receptive field is known for layer {layer!r} (see result.meta['field_errors']), so its "
+                "records cannot be cropped"
+            )
+        return field
+
+    def _selection(self, layer: str, channels: int | Sequence[int] | None) -> tuple[list[int], bool]:
+        _, state = self._state(layer)
+        if channels is None:
+            return list(range(state.values.shape[0])), False
+        if isinstance(channels, int):
+            return [self._channel(state, channels)], True
+        return [self._channel(state, int(c)) for c in channels], False
+
+    def patches(self, data: Any, layer: str, channel: int | Sequence[int] | None = None, fill: float = 0.0) -> Crops:
+        """The input patches under the records' receptive fields.
+
+        Args:
+            data: the data that was mined (same order).
+            layer: a mined layer.
+            channel: one channel (result ``[k, C, h, w]``), a list, or None for all
+                (result ``[channels, k, C, h, w]``).
+            fill: value of pixels outside the image.
+
+        Returns:
+            :class:`Crops` (images and valid mask). Channels with fewer than k records
+            are padded with ``fill`` and an all-False mask.
+        """
+        return self._crops(data, layer, channel, fill, lambda images, _units: images)
+
+    def projections(
+        self,
+        model: nn.Module,
+        data: Any,
+        layer: str,
+        channel: int | Sequence[int] | None = None,
+        seed: str = "activation",
+        rules: str = "zf",
+    ) -> Crops:
+        """DeconvNet projections of the records, cropped to their receptive fields.
+
+        Each record's unit is projected alone (seeded with its activation, or 1 with
+        ``seed="one"``); records of the same image share one forward pass.
+
+        Args:
+            model: the mined model.
+            data: the data that was mined.
+            layer: a mined layer.
+            channel: as in :meth:`patches`.
+            seed: ``"activation"`` or ``"one"``.
+            rules: ``"zf"`` (DeconvNet) or ``"guided"``.
+        """
+        from .projection import project_records
+
+        def project(images: Tensor, units: Tensor) -> Tensor:
+            return project_records(model, layer, images, units, seed=seed, rules=rules)
+
+        return self._crops(data, layer, channel, 0.0, project)
+
+    def _crops(self, data: Any, layer: str, channels: Any, fill: float, make: Any) -> Crops:
+        selection, single = self._selection(layer, channels)
+        field = self._field(layer)
+        rows: list[tuple[int, int, Record]] = [
+            (c, slot, record) for c in selection for slot, record in enumerate(self.records(layer, c))
+        ]
+        shape = (len(selection), self.k, self.input_shape[0], *field.size)
+        images = torch.full(shape, fill)
+        mask = torch.zeros((len(selection), self.k, *field.size), dtype=torch.bool)
+        if rows:
+            unique_indices = sorted({record.index for _, _, record in rows})
+            where = {index: i for i, index in enumerate(unique_indices)}
+            batch = _datasource.fetch(data, unique_indices)
+            units = torch.tensor([[where[r.index], c, r.y, r.x] for c, _, r in rows], dtype=torch.long)
+            sources = make(batch, units)
+            position = {c: i for i, c in enumerate(selection)}
+            for (c, slot, record), source in zip(rows, _per_row(sources, batch, units), strict=True):
+                images[position[c], slot] = field.crop(source.float(), record.y, record.x, fill=fill)
+                mask[position[c], slot] = field.valid_mask(record.y, record.x)
+        if single:
+            return Crops(images[0], mask[0])
+        return Crops(images, mask)
+
+    # ---- checks ---------------------------------------------------------------------
+
+    def verify(self, model: nn.Module, data: Any, rtol: float = 1e-5, atol: float = 1e-6) -> int:
+        """Re-run the forward pass for every record's image and check its value.
+
+        Returns:
+            The number of records checked.
+
+        Raises:
+            MiningVerificationError: listing the records whose value was not reproduced.
+        """
+        from .mining import layer_activations
+
+        indices = sorted(
+            {r.index for layer in self.layers for c in range(self.channels(layer)) for r in self.records(layer, c)}
+        )
+        if not indices:
+            return 0
+        acts = layer_activations(model, self.layers, _datasource.fetch(data, indices))
+        where = {index: i for i, index in enumerate(indices)}
+        bad, checked = [], 0
+        for layer in self.layers:
+            maps = acts[layer]
+            for c in range(self.channels(layer)):
+                for record in self.records(layer, c):
+                    fresh = float(maps[where[record.index], c, record.y, record.x])
+                    checked += 1
+                    if abs(fresh - record.value) > atol + rtol * abs(record.value):
+                        bad.append(f"{layer}[{c}] {record}: forward gives {fresh}")
+        if bad:
+            raise MiningVerificationError(f"{len(bad)} of {checked} records not reproduced: " + "; ".join(bad[:5]))
+        return checked
+
+    # ---- persistence ----------------------------------------------------------------
+
+    # ---- merging ----------------------------------------------------------------------
+
+    @classmethod
+    def merge(cls, results: Sequence[MiningResult]) -> MiningResult:
+        """The exact result of mining the union of the shards' images.
+
+        Per-channel top-k lists merge by the same ranking as one run (value, then lower
+        index, y, x), and statistics merge from exact sums and counts, so the merge of
+        the shards of a run equals the single run, bit for bit. ``a | b`` is
+        ``MiningResult.merge([a, b])``.
+
+        Raises:
+            ValueError: the results disagree on model, layers, k, uniqueness, input
+                shape or dataset, or hold the same shard twice.
+        """
+        results = list(results)
+        if not results:
+            raise ValueError("merge needs at least one result")
+        first = results[0]
+        for other in results[1:]:
+            for what, a, b in (
+                ("model", first.fingerprint, other.fingerprint),
+                ("layers", first.layers, other.layers),
+                ("k", first.k, other.k),
+                ("unique", (first.unique, first.nms_threshold), (other.unique, other.nms_threshold)),
+                ("input shape", first.input_shape, other.input_shape),
+                ("dataset length", first.meta.get("dataset_length"), other.meta.get("dataset_length")),
+                ("world size", first._shards()[0], other._shards()[0]),
+            ):
+                if a != b:
+                    raise ValueError(f"cannot merge results that differ in {what}: {a!r} vs {b!r}")
+        ranks = [rank for r in results for rank in r._shards()[1]]
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(f"cannot merge: shard(s) {sorted({x for x in ranks if ranks.count(x) > 1})} appear twice")
+        states = {}
+        for name in first.layers:
+            merged = first._states[name].to("cpu")
+            for other in results[1:]:
+                merged.merge(other._states[name])
+            states[name] = merged
+        meta = dict(first.meta)
+        meta["shards"] = {"world": first._shards()[0], "ranks": sorted(ranks)}
+        return cls(
+            states,
+            first.fields,
+            k=first.k,
+            unique=first.unique,
+            nms_threshold=first.nms_threshold,
+            num_images=sum(r.num_images for r in results),
+            input_shape=first.input_shape,
+            fingerprint=first.fingerprint,
+            meta=meta,
+        )
+
+    def __or__(self, other: MiningResult) -> MiningResult:
+        return MiningResult.merge([self, other])
+
+    def _shards(self) -> tuple[int, list[int]]:
+        shards = self.meta.get("shards") or {"world": 1, "ranks": [0]}
+        return int(shards["world"]), [int(r) for r in shards["ranks"]]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the result to ``path`` (tensors and plain values only: no pickled code).
+
+        The file loads with :meth:`load` (``torch.load(..., weights_only=True)``).
+        Written atomically: a crash never leaves a half-written file.
+        """
+        atomic_save(self._payload(), Path(path))
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "k": self.k,
+            "unique": self.unique,
+            "nms_threshold": self.nms_threshold,
+            "num_images": self.num_images,
+            "input_shape": list(self.input_shape),
+            "fingerprint": self.fingerprint,
+            "meta": self.meta,
+            "layers": {
+                name: {
+                    "state": state.tensors(),
+                    "height": state.height,
+                    "width": state.width,
+                    "images": state.images,
+                    "field": _field_to_dict(self.fields.get(name)),
+                }
+                for name, state in self._states.items()
+            },
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> MiningResult:
+        """Read a result written by :meth:`save`."""
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(f"{path} is not a saved MiningResult ({type(err).__name__}: {err})") from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved MiningResult (format {_FORMAT})")
+        return cls._from_payload(payload)
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any]) -> MiningResult:
+        states, fields = {}, {}
+        for name, entry in payload["layers"].items():
+            states[name] = TopKState(
+                height=entry["height"], width=entry["width"], images=entry["images"], **entry["state"]
+            )
+            fields[name] = _field_from_dict(entry["field"])
+        return cls(
+            states,
+            fields,
+            k=payload["k"],
+            unique=payload["unique"],
+            nms_threshold=payload["nms_threshold"],
+            num_images=payload["num_images"],
+            input_shape=tuple(payload["input_shape"]),
+            fingerprint=payload["fingerprint"],
+            meta=payload["meta"],
+        )
+
+    # ---- display --------------------------------------------------------------------
+
+    def _summary_rows(self) -> list[tuple[str, int, int, str, str]]:
+        rows = []
+        for name in self.layers:
+            stats = self.stats(name)
+            field = self.fields.get(name)
+            rf = "x".join(map(str, field.size)) if field is not None else "?"
+            best = float(stats.maximum.max()) if len(stats.maximum) else float("nan")
+            rows.append((name, len(stats.maximum), int(stats.dead.sum()), rf, f"{best:.4g}"))
+        return rows
+
+    def __repr__(self) -> str:
+        lines = [
+            f"MiningResult(k={self.k}, unique={self.unique!r}, images={self.num_images}, input={self.input_shape})"
+        ]
+        for name, channels, dead, rf, best in self._summary_rows():
+            lines.append(f"  {name}: {channels} channels, {dead} dead, field {rf}, max activation {best}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ("layer", "channels", "dead", "field", "max activation"))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+            for row in self._summary_rows()
+        )
+        title = html.escape(f"MiningResult: k={self.k}, unique={self.unique}, {self.num_images} images")
+        return f"<div><b>{title}</b><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _per_row(sources: Tensor, batch: Tensor, units: Tensor) -> list[Tensor]:
+    """One full-size tensor per row: the source image, or the row's projection."""
+    if sources is batch:
+        return [batch[int(i)] for i in units[:, 0]]
+    return list(sources)
+
+
+def _field_to_dict(field: ReceptiveField | None) -> dict[str, Any] | None:
+    if field is None:
+        return None
+    entry = asdict(field)
+    entry["reach"] = [[list(lo), list(hi)] for lo, hi in field.reach] if field.reach is not None else None
+    return entry
+
+
+def _field_from_dict(entry: dict[str, Any] | None) -> ReceptiveField | None:
+    if entry is None:
+        return None
+    reach = entry.pop("reach")
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
+    return ReceptiveField(**fields, reach=tuple((tuple(lo), tuple(hi)) for lo, hi in reach) if reach else None)
+
+
+def atomic_save(payload: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
