@@ -1,6 +1,7 @@
 """captum-deconvviz: Zeiler & Fergus's DeconvNet, with true switch unpooling, for Captum."""
 
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
+from .compare import ComparisonResult, RandomizationResult, compare_methods, randomization_test
 from .engine import ReverseRules
 from .mining import mine_topk
 from .mining_result import ChannelStats, Crops, MiningResult, Record
@@ -12,16 +13,19 @@ from .receptive_field import (
     receptive_field,
     receptive_field_table,
 )
+from .viz import plot_filters, plot_hierarchy, plot_topk
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ChannelStats",
+    "ComparisonResult",
     "Crops",
     "EngineGuidedBackprop",
     "MiningResult",
     "NeuronEngineGuidedBackprop",
     "NeuronZFDeconvolution",
+    "RandomizationResult",
     "ReceptiveField",
     "ReceptiveFieldError",
     "ReceptiveFieldTable",
@@ -29,9 +33,14 @@ __all__ = [
     "ReverseRules",
     "ZFDeconvolution",
     "__version__",
+    "compare_methods",
     "mine_topk",
+    "plot_filters",
+    "plot_hierarchy",
+    "plot_topk",
     "project_records",
     "project_units",
+    "randomization_test",
     "receptive_field",
     "receptive_field_table",
 ]

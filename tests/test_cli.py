@@ -1,0 +1,71 @@
+"""Every ``deconvviz`` subcommand end to end on the default model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captum_deconvviz import MiningResult
+from captum_deconvviz.cli import main
+from captum_deconvviz.zoo import default_sample
+
+
+def test_demo_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--limit", "150"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"wrote {out / 'index.html'} (150 images, 4 layers")
+    page = (out / "index.html").read_text()
+    assert page.count("<figure") == 48 + 96 + 192 + 192  # every channel of the four layers
+
+
+def test_mine_then_report_from_the_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    sample = default_sample(transform=lambda image: image)
+    for i in range(30):
+        (folder / sample.names[i * 30].split("/")[0]).mkdir(parents=True, exist_ok=True)
+        sample[i * 30][0].save(folder / sample.names[i * 30].replace(".jpg", ".png"))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
+    saved = tmp_path / "result.pt"
+    assert (
+        main(["mine", "--data", str(folder), "--layers", "features.4", "features.9", "--k", "5", "--out", str(saved)])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable file(s), e.g. corrupt.jpg" in captured.err
+    assert f"wrote {saved}" in captured.out
+    result = MiningResult.load(saved)
+    assert result.layers == ["features.4", "features.9"] and result.num_images == 30 and result.k == 5
+    report = tmp_path / "report"
+    args = ["report", "--data", str(folder), "--result", str(saved), "--out", str(report)]
+    assert main(args) == 0
+    assert (report / "index.html").exists() and (report / "features.9_c0000.png").exists()
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mine", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.pt")]) == 2
+    assert "does not exist or is not a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", "--data", str(empty), "--out", str(tmp_path / "rep")]) == 2
+    assert "no readable images" in capsys.readouterr().err
+    assert main(["mine", "--layers", "features.99", "--out", str(tmp_path / "r.pt")]) == 2
+    assert "is not a module of the model" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run([sys.executable, "-m", "captum_deconvviz.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("deconvviz ")
+
+
+def test_compare_prints_metrics_and_writes_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "compare.png"
+    assert main(["compare", "--images", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| zf_deconv | guided_backprop |" in printed and f"wrote {out}" in printed
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert main(["compare", "--methods", "zf_deconv", "lrp", "--out", str(out)]) == 2
+    assert "unknown method(s) ['lrp']" in capsys.readouterr().err

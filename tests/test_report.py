@@ -1,0 +1,129 @@
+"""The HTML report: content, escaping, and a real headless browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from captum_deconvviz import mine_topk
+from captum_deconvviz.data import ImageFiles
+from captum_deconvviz.report import write_report
+from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, default_transform, denormalize
+
+EVIL = "<script>alert(1)<\\script>"  # a file name cannot hold "/", so no closing tag
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+        if tag == "script":
+            self.scripts += 1
+
+
+class Evil(nn.Module):
+    """A model whose layer has a name full of markup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ZFNetCIFAR((8, 8, 8, 8))
+        self.add_module('x"><img src=x onerror=alert(2)>', nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self, 'x"><img src=x onerror=alert(2)>')(self.body.features[:3](x))
+
+
+@pytest.fixture(scope="module")
+def evil_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    sample = default_sample(transform=lambda image: image)
+    for i in range(12):
+        folder = root / ("<b>birds<\\b>" if i % 2 else "plain")
+        folder.mkdir(exist_ok=True)
+        name = f"{EVIL}{i}.png" if i % 3 == 0 else f"img{i}.png"
+        sample[i * 80][0].save(folder / name)
+    (root / "plain" / "broken.png").write_bytes(b"not an image")
+    data = ImageFiles(root, transform=default_transform())
+    assert len(data) == 12 and data.skipped == ["plain/broken.png"]
+    torch.manual_seed(0)
+    model = Evil().eval()
+    layer = 'x"><img src=x onerror=alert(2)>'
+    result = mine_topk(model, [layer, "body.features.1"], data, k=4, progress=False)
+    out = tmp_path_factory.mktemp("report")
+    write_report(out, model, data, result, denormalize=denormalize, image_labels=data.names,
+                 command=["deconvviz", "report", "--data", EVIL], title=f"report {EVIL}", progress=False)  # fmt: skip
+    return out
+
+
+def test_report_contents(evil_report: Path) -> None:
+    page = (evil_report / "index.html").read_text()
+    parser = _Collect()
+    parser.feed(page)
+    for src in parser.images:
+        assert (evil_report / src).is_file(), src
+        assert re.fullmatch(r"[A-Za-z0-9._-]+\.png", src), src
+    assert "filters.png" in parser.images and "hierarchy.png" in parser.images
+    assert sum(src.startswith("body.features.1_c") for src in parser.images) == 8  # every channel
+    for section in ("First-layer filters", "Receptive fields", "Hierarchy", "channel statistics", "dead"):
+        assert section in page
+    assert "torch " in page and "captum " in page and "deconvviz report --data" in page
+
+
+def test_no_markup_gets_in(evil_report: Path) -> None:
+    page = (evil_report / "index.html").read_text()
+    parser = _Collect()
+    parser.feed(page)
+    assert parser.scripts == 1  # only the report's own load check
+    assert EVIL not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;\\script&gt;" in page  # the file names are shown, escaped
+    assert "birds" not in page or "&lt;b&gt;birds&lt;\\b&gt;" in page  # shown only if in a top-3 caption
+    assert "<b>birds" not in page
+    assert not any("onerror" in tag for tag in parser.tags)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--allow-file-access-from-files",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed here; .ci/run installs Debian's chromium")
+def test_report_renders_in_a_real_browser(evil_report: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    url = (evil_report / "index.html").resolve().as_uri()
+    with tempfile.TemporaryDirectory() as profile:
+        flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+        dom = subprocess.run(
+            [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+        shot = tmp_path / "shot.png"
+        subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+                       capture_output=True, timeout=120, check=True)  # fmt: skip
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
+    broken = int(re.search(r'data-images-broken="(\d+)"', dom).group(1))
+    assert broken == 0 and loaded == dom.count("<img")
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10, "the screenshot is blank"
+    assert (pixels < 128).mean() > 0.01, "nothing dark (text, figures) was drawn"
