@@ -43,9 +43,11 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> di
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            times[name].append(_timed(fn))
+    names = list(contenders)
+    for repeat in range(repeats):
+        # ABBA order: a drift of the machine's speed hits every contender alike
+        for name in names if repeat % 2 == 0 else reversed(names):
+            times[name].append(_timed(contenders[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -121,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per contender (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--parts", nargs="+", default=["class", "vgg16", "alexnet"], help="which comparisons to run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,9 +134,12 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"repeats={args.repeats}"
     )
-    bench_class_attribution(args.repeats)
-    bench_projection("vgg16", "features.16", 112, 2.0, args.repeats)
-    bench_projection("alexnet", "features.7", 160, 4.0, args.repeats)
+    if "class" in args.parts:
+        bench_class_attribution(args.repeats)
+    if "vgg16" in args.parts:
+        bench_projection("vgg16", "features.16", 112, 2.0, args.repeats)
+    if "alexnet" in args.parts:
+        bench_projection("alexnet", "features.7", 160, 4.0, args.repeats)
 
 
 if __name__ == "__main__":

@@ -125,28 +125,35 @@ class TopKState:
     def merge_candidates(self, values: Tensor, key: Tensor) -> None:
         """Keep the best k of the current records and ``values``/``key`` ``[C, M]``."""
         key = torch.where(values == float("-inf"), _NO_INDEX, key)  # NaN-skipped or exhausted: no record
+        # Most batches of a long stream bring nothing better than the current k-th record.
+        worst = self.values[:, -1:]
+        if not bool((values >= worst).any()):
+            return
         all_values = torch.cat([self.values, values], dim=1)
         all_keys = torch.cat([self.key, key], dim=1)
         all_values, all_keys = _rank(all_values, all_keys)
         self.values, self.key = all_values[:, : self.k].contiguous(), all_keys[:, : self.k].contiguous()
 
-    def update_stats(self, activations: Tensor) -> None:
-        """``activations`` is the batch ``[B, C, H, W]``, NaNs already counted and masked."""
-        nan = torch.isnan(activations)
-        finite = activations.masked_fill(nan, 0.0)
+    def update_stats(self, sums: Tensor, best: Tensor, positions: Tensor, nans: Tensor) -> None:
+        """Fold one batch into the statistics.
+
+        Args:
+            sums: float64 ``[B, C]``: each image's sum of (non-NaN) activations per channel.
+            best: ``[B, C]``: each image's largest (non-NaN) activation per channel.
+            positions: ``[C]``: how many non-NaN activations the sums hold.
+            nans: ``[C]``: how many NaN activations were skipped.
+        """
         # per image and channel, then exactly across images: independent of batching and sharding
-        batch = activations.shape[0]
-        if self._pending + batch > 1000:
+        if self._pending + sums.shape[0] > 1000:
             _normalize(self.total)
             self._pending = 0
-        exact_sum_add(self.total, finite.double().sum(dim=(2, 3)), normalize=False)
-        self._pending += batch
-        self.positions += (~nan).sum(dim=(0, 2, 3))
-        self.nan_count += nan.sum(dim=(0, 2, 3))
-        masked_max = activations.masked_fill(nan, float("-inf")).amax(dim=(2, 3))  # [B, C]
-        self.maximum = torch.maximum(self.maximum, masked_max.amax(dim=0))
-        self.active_images += (masked_max > 0).sum(dim=0)
-        self.images += activations.shape[0]
+        exact_sum_add(self.total, sums, normalize=False)
+        self._pending += sums.shape[0]
+        self.positions += positions
+        self.nan_count += nans
+        self.maximum = torch.maximum(self.maximum, best.amax(dim=0))
+        self.active_images += (best > 0).sum(dim=0)
+        self.images += sums.shape[0]
 
     def merge(self, other: TopKState) -> None:
         """Become the state of the union of both streams."""
@@ -175,12 +182,11 @@ def _rank(values: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------------------
 
 
-def image_candidates(acts: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """One candidate per image and channel: its best position (first in y, x on ties)."""
-    b, c, h, w = acts.shape
-    values, position = acts.reshape(b, c, h * w).max(dim=2)
-    key = index.view(b, 1) * (h * w) + position
-    return values.t().contiguous(), key.t().contiguous()
+def image_candidates(best: Tensor, position: Tensor, index: Tensor, plane: int) -> tuple[Tensor, Tensor]:
+    """One candidate per image and channel: its best value ``[B, C]`` at ``position``
+    (the flat index in the map, the first in y, x on ties)."""
+    key = index.view(-1, 1) * plane + position
+    return best.t().contiguous(), key.t().contiguous()
 
 
 def all_candidates(acts: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -262,25 +262,45 @@ def mine_topk(
 
     def fold(name: str, acts: Tensor) -> None:
         acts, batch_index = acts.detach(), current["index"]
+        b, c, h, w = acts.shape
         if name not in states:
-            states[name] = _topk.TopKState.empty(acts.shape[1], k, acts.shape[2], acts.shape[3], acts.device)
+            states[name] = _topk.TopKState.empty(c, k, h, w, acts.device)
         state = states[name]
-        if acts.shape[2:] != (state.height, state.width):
-            raise ValueError(
-                f"layer {name!r} changed its map size to {tuple(acts.shape[2:])} at image {int(batch_index[0])}"
-            )
-        nan_mask = torch.isnan(acts)
-        if bool(nan_mask.any()) and nan == "raise":
-            bad = batch_index[nan_mask.flatten(1).any(1).cpu()].tolist()
-            raise FloatingPointError(
-                f"layer {name!r} produced NaN activations for images {bad[:10]}; fix the data or the model, "
-                "or pass nan='skip' to ignore NaN activations"
-            )
-        state.update_stats(acts)
-        acts = acts.masked_fill(nan_mask, float("-inf")) if bool(nan_mask.any()) else acts
+        if (h, w) != (state.height, state.width):
+            raise ValueError(f"layer {name!r} changed its map size to {(h, w)} at image {int(batch_index[0])}")
+        flat = acts.reshape(b, c, h * w)
+        # Two passes over the activations in the common case: the sums and the max. Each image's
+        # sum is a float32 reduction of its own row (the same whatever the batch); sums of
+        # images are then exact (see TopKState.total).
+        sums = flat.sum(dim=2).double()
+        positions = torch.full((c,), b * h * w, dtype=torch.long, device=acts.device)
+        nans = torch.zeros(c, dtype=torch.long, device=acts.device)
+        if bool(torch.isnan(sums).any()):  # NaN (or +inf and -inf) somewhere: look closer
+            nan_mask = torch.isnan(flat)
+            if bool(nan_mask.any()):
+                if nan == "raise":
+                    bad = batch_index[nan_mask.any(dim=2).any(dim=1).cpu()].tolist()
+                    raise FloatingPointError(
+                        f"layer {name!r} produced NaN activations for images {bad[:10]}; fix the data or the "
+                        "model, or pass nan='skip' to ignore NaN activations"
+                    )
+                sums = flat.masked_fill(nan_mask, 0.0).sum(dim=2).double()
+                nans = nan_mask.sum(dim=(0, 2))
+                positions = positions - nans
+                flat = flat.masked_fill(nan_mask, float("-inf"))
+                acts = flat.view(b, c, h, w)
+        best = flat.amax(dim=2)  # [B, C]
+        state.update_stats(sums, best, positions, nans)
         index = batch_index.to(acts.device)
         if unique == "image":
-            values, key = _topk.image_candidates(acts, index)
+            # Positions only where the image can enter the channel's top-k (few, once the stream runs).
+            contenders = best >= state.values[:, -1]
+            if not bool(contenders.any()):
+                return
+            position = torch.zeros_like(best, dtype=torch.long)
+            position[contenders] = flat[contenders].argmax(dim=1)
+            values = torch.where(contenders, best, torch.full_like(best, float("-inf")))
+            values, key = _topk.image_candidates(values, position, index, h * w)
         elif unique == "none":
             values, key = _topk.all_candidates(acts, index, k)
         else:

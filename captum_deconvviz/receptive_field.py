@@ -385,26 +385,41 @@ def _analytic_chain(model: nn.Module, name: str, input_shape: tuple[int, ...], r
 # --------------------------------------------------------------------------------------
 
 
-def _positive_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy with random positive weights, zero biases and identity BatchNorm statistics."""
-    probe = copy.deepcopy(model).double().eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in probe.named_parameters():
-            if name.rsplit(".", 1)[-1].startswith("bias"):
-                param.zero_()
-                continue
-            values = torch.rand(param.shape, generator=gen, dtype=torch.float64) + 0.5
-            if param.dim() >= 2:
-                values /= param[0].numel()
-            param.copy_(values)
-            param.requires_grad_(False)
-        for name, buffer in probe.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.zero_()
-            elif name.endswith("running_var"):
-                buffer.fill_(1.0)
-    return probe
+class _PositiveCopy:
+    """A float64 copy of the model with random positive weights, zero biases and identity
+    BatchNorm statistics, made lazily: a module's tensors are created when it first runs,
+    so the probe never pays for the layers after the one it measures (VGG's classifier)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        memo: dict[int, Any] = {}
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                meta = torch.empty(tensor.shape, dtype=torch.float64, device="meta")
+                memo[id(tensor)] = nn.Parameter(meta, requires_grad=False) if isinstance(tensor, nn.Parameter) else meta
+        self.model = copy.deepcopy(model, memo).eval()
+        self.gen = torch.Generator().manual_seed(0)
+        for module in self.model.modules():
+            module.register_forward_pre_hook(lambda m, _inputs: self.materialize(m))
+
+    def materialize(self, module: nn.Module) -> None:
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                if name.startswith("bias"):
+                    values = torch.zeros(param.shape, dtype=torch.float64)
+                else:
+                    values = torch.rand(param.shape, generator=self.gen, dtype=torch.float64) + 0.5
+                    if param.dim() >= 2:
+                        values /= param[0].numel()
+                module._parameters[name] = nn.Parameter(values.to(self.device), requires_grad=False)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                fill = 0.0 if name.endswith("running_mean") else 1.0
+                module._buffers[name] = torch.full(buffer.shape, fill, dtype=torch.float64, device=self.device)
+
+    def materialize_all(self) -> None:
+        for module in self.model.modules():
+            self.materialize(module)
 
 
 def measure_support(
@@ -436,15 +451,22 @@ def measure_support(
     check_model(model)
     name, _ = resolve_layer(model, layer)
     input_shape = _check_input_shape(input_shape)
-    probe = _positive_copy(model)
+    copy_ = _PositiveCopy(model)
+    probe = copy_.model
     module = dict(probe.named_modules())[name]
-    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    device = copy_.device
     gen = torch.Generator().manual_seed(1)
     x = (torch.rand((len(units), *input_shape), generator=gen, dtype=torch.float64) + 0.5).to(device)
     x.requires_grad_(True)
     with torch.enable_grad():
         with ReverseRules("probe"):
-            out = forward_to_layer(probe, module, (x,), layer_name=name)
+            try:
+                out = forward_to_layer(probe, module, (x,), layer_name=name)
+            except (NotImplementedError, RuntimeError) as err:
+                if "meta" not in str(err):
+                    raise
+                copy_.materialize_all()  # a module used another module's weights before that one ran
+                out = forward_to_layer(probe, module, (x,), layer_name=name)
         n = len(input_shape) - 1
         if out.dim() != n + 2:
             raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; the probe needs [N, C, *spatial]")

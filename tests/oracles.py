@@ -140,3 +140,68 @@ def strongest_units(activations: Tensor, channels: Sequence[int] | None = None, 
         flat = int(fmap.argmax())
         rows.append((c, flat // fmap.shape[1], flat % fmap.shape[1]))
     return torch.tensor(rows, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------
+# A Captum-based oracle for any architecture: rewrite functional activations into
+# modules with torch.fx, then let Captum's module hooks apply the rule.
+# --------------------------------------------------------------------------------------
+
+import operator  # noqa: E402
+
+import torch.fx as fx  # noqa: E402
+from captum.attr import Deconvolution, GuidedBackprop  # noqa: E402
+
+#: Module types whose backward Captum-style hooks rectify ("rectify" policy).
+RECTIFIED_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish,
+    nn.Mish, nn.Softplus, nn.PReLU, nn.RReLU,
+)  # fmt: skip
+_FUNCTIONAL_ACTIVATIONS: dict[object, type[nn.Module]] = {
+    F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU, F.gelu: nn.GELU,
+    F.hardswish: nn.Hardswish, F.leaky_relu: nn.LeakyReLU, F.elu: nn.ELU,
+}  # fmt: skip
+_METHOD_ACTIVATIONS = {"relu": nn.ReLU, "relu_": nn.ReLU}
+del operator
+
+
+def with_activation_modules(model: nn.Module) -> fx.GraphModule:
+    """The model with every functional ReLU-family call replaced by a module call (same math)."""
+    gm = fx.symbolic_trace(model)
+    for index, node in enumerate(list(gm.graph.nodes)):
+        kind = None
+        if node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
+            kind = _FUNCTIONAL_ACTIVATIONS[node.target]
+        elif node.op == "call_method" and node.target in _METHOD_ACTIVATIONS:
+            kind = _METHOD_ACTIVATIONS[node.target]
+        if kind is None:
+            continue
+        name = f"oracle_act_{index}"
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+        extra = list(node.args[1:])
+        if kind is nn.ReLU6 or kind is nn.ReLU or kind is nn.SiLU or kind is nn.Hardswish:
+            extra = []
+        module = kind(*[a for a in extra if not isinstance(a, bool)], **kwargs)
+        gm.add_submodule(name, module)
+        with gm.graph.inserting_after(node):
+            replacement = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(replacement)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return gm.eval()
+
+
+class _Rectifying:
+    def _register_hooks(self, module: nn.Module) -> None:  # Captum's hook, for every ReLU-like module
+        if isinstance(module, RECTIFIED_MODULES):
+            from captum._utils.common import _register_backward_hook
+
+            self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+
+
+class RectifyingDeconvolution(_Rectifying, Deconvolution):
+    """Captum's Deconvolution, hooking every ReLU-like module (not only nn.ReLU)."""
+
+
+class RectifyingGuidedBackprop(_Rectifying, GuidedBackprop):
+    """Captum's GuidedBackprop, hooking every ReLU-like module."""
