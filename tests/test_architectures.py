@@ -30,22 +30,25 @@ class Arch:
     kwargs: tuple[tuple[str, object], ...] = ()
 
 
+NO_AUX = (("aux_logits", False), ("init_weights", False))
 ARCHS = {
     "alexnet": Arch(64, "features.7", ("features.5", "features.12")),
     "vgg11_bn": Arch(64, "features.10", ("features.3", "features.14")),
     "vgg16": Arch(64, "features.15", ("features.9", "features.22")),
     "resnet18": Arch(64, "layer2.0.conv2", ("layer1.1.conv1", "layer3.0.downsample.0")),
     "resnet50": Arch(64, "layer2.1.conv3", ("layer1.0.conv2", "layer3.0.conv2")),
-    "densenet121": Arch(64, "features.denseblock2.denselayer3.conv2", ("features.denseblock1", "features.transition2.pool")),
-    "googlenet": Arch(64, "inception3b.branch2.1.conv", ("maxpool2", "inception4a"), (("aux_logits", False), ("init_weights", False))),
-    "inception_v3": Arch(96, "Mixed_5b.branch3x3dbl_2.conv", ("Conv2d_2b_3x3", "Mixed_5c"), (("aux_logits", False), ("init_weights", False))),
+    "densenet121": Arch(
+        64, "features.denseblock2.denselayer3.conv2", ("features.denseblock1", "features.transition2.pool")
+    ),
+    "googlenet": Arch(64, "inception3b.branch2.1.conv", ("maxpool2", "inception4a"), NO_AUX),
+    "inception_v3": Arch(96, "Mixed_5b.branch3x3dbl_2.conv", ("Conv2d_2b_3x3", "Mixed_5c"), NO_AUX),
     "mobilenet_v2": Arch(64, "features.5.conv.1.0", ("features.2", "features.7")),
     "mobilenet_v3_small": Arch(64, "features.2.block.0.0", ("features.1", "features.4")),
     "efficientnet_b0": Arch(64, "features.2.0.block.1.0", ("features.1", "features.3")),
     "regnet_x_400mf": Arch(64, "trunk_output.block2.block2-0.f.b.0", ("stem", "trunk_output.block2")),
     "convnext_tiny": Arch(64, "features.1.0.block.0", ("features.0", "features.3")),
     "squeezenet1_1": Arch(64, "features.6.expand3x3", ("features.2", "features.9")),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
@@ -59,7 +62,7 @@ def arch(request: pytest.FixtureRequest) -> tuple[str, nn.Module, torch.Tensor]:
 
 
 def test_zf_deconvolution_equals_the_captum_oracle(arch) -> None:
-    name, model, x = arch
+    _, model, x = arch
     ours = ZFDeconvolution(model).attribute(x, target=[1, 7])
     assert torch.isfinite(ours).all()
     with warnings.catch_warnings():
