@@ -2,6 +2,7 @@
 
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 from .compare import ComparisonResult, RandomizationResult, compare_methods, randomization_test
+from .diagnose import Diagnosis, diagnose, feature_evolution, renormalize_after_step, renormalize_filters_
 from .engine import ReverseRules
 from .mining import mine_topk
 from .mining_result import ChannelStats, Crops, MiningResult, Record
@@ -21,6 +22,7 @@ __all__ = [
     "ChannelStats",
     "ComparisonResult",
     "Crops",
+    "Diagnosis",
     "EngineGuidedBackprop",
     "MiningResult",
     "NeuronEngineGuidedBackprop",
@@ -34,6 +36,8 @@ __all__ = [
     "ZFDeconvolution",
     "__version__",
     "compare_methods",
+    "diagnose",
+    "feature_evolution",
     "mine_topk",
     "plot_filters",
     "plot_hierarchy",
@@ -43,4 +47,6 @@ __all__ = [
     "randomization_test",
     "receptive_field",
     "receptive_field_table",
+    "renormalize_after_step",
+    "renormalize_filters_",
 ]

@@ -145,9 +145,12 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
         result = MiningResult.load(args.result)
     else:
         result = _mine(args, model, dataset, _default_layers(args, model))
+    from .diagnose import diagnose
+
+    diagnosis = diagnose(model, dataset, batch_size=args.batch_size, max_images=1000)
     index = write_report(
         args.out, model, dataset, result, title=title, denormalize=display, image_labels=labels,
-        model_name=args.model, data_name=name, command=["deconvviz", *sys.argv[1:]],
+        model_name=args.model, data_name=name, command=["deconvviz", *sys.argv[1:]], diagnosis=diagnosis,
     )  # fmt: skip
     print(f"wrote {index} ({result.num_images} images, {len(result.layers)} layers, "
           f"{time.perf_counter() - start:.0f}s); open it in a browser")  # fmt: skip

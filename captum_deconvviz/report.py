@@ -124,6 +124,7 @@ def write_report(
     data_name: str = "",
     scale: int = 3,
     extra_sections: Sequence[tuple[str, str]] = (),
+    diagnosis: Any = None,
     progress: bool = True,
 ) -> Path:
     """Write the report folder: ``index.html`` and its PNGs.
@@ -143,6 +144,7 @@ def write_report(
         model_name, data_name: descriptions shown in the header.
         scale: pixel upscaling of the gallery PNGs (nearest neighbour).
         extra_sections: ``(title, html)`` sections appended as they are (already escaped).
+        diagnosis: a :class:`~captum_deconvviz.diagnose.Diagnosis` to include (table and figure).
         progress: show a progress bar.
 
     Returns:
@@ -163,6 +165,8 @@ def write_report(
         f"<p class='note'>Made {esc(made)} with {versions}.</p><pre>{esc(command_text)}</pre>"
     )
     toc = ["first-layer filters", "receptive fields", "hierarchy", *result.layers]
+    if diagnosis is not None:
+        toc.append("diagnostics")
     parts.append("<p>" + " · ".join(f'<a href="#{esc(_safe_name(t))}">{esc(t)}</a>' for t in toc) + "</p>")
 
     conv = first_layer or next(
@@ -227,6 +231,15 @@ def write_report(
             'receptive fields (right), best first.</p><div class="gallery">' + "".join(figures) + "</div>"
         )
         parts.append(f"<h3>{esc(layer)}: channel statistics</h3>{_stats_table(result, layer)}")
+    if diagnosis is not None:
+        fig, _ = diagnosis.plot(use_pyplot=False)
+        fig.savefig(folder / "diagnosis.png", dpi=150)
+        parts.append(
+            f'<h2 id="diagnostics">Diagnostics</h2><p class="note">Zeiler &amp; Fergus, Sec. 4.1: dead filters, '
+            "filter RMS above 0.1, first-layer high-frequency content, aliasing of strided layers "
+            "(definitions in the package's docs/diagnostics.md).</p>"
+            f'{diagnosis.to_html()}<img src="diagnosis.png" alt="diagnostics">'
+        )
     for section_title, body in extra_sections:
         parts.append(f'<h2 id="{esc(_safe_name(section_title))}">{esc(section_title)}</h2>{body}')
 

@@ -34,3 +34,12 @@ def test_code_blocks_run(page: Path, tmp_path: Path) -> None:
                 raise AssertionError(f"{page.relative_to(ROOT)} block {number} failed: {err!r}\n{block}") from err
     finally:
         os.chdir(cwd)
+
+
+def test_api_reference_is_up_to_date() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_api", ROOT / "docs" / "make_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "api.md").read_text() == module.render(), "run: python docs/make_api.py"

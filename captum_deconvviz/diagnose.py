@@ -1,0 +1,411 @@
+"""Diagnostics after Zeiler & Fergus Sec. 4.1: dead filters, large filters, noisy and aliased layers.
+
+ZF found, with their visualizations, that AlexNet's first layer mixed extremely high
+and low frequencies with little mid-frequency coverage, had dead filters, and that its
+stride-4 first layer produced aliasing artifacts; they shrank the first layer to 7x7
+with stride 2 and renormalized filters whose RMS exceeded 0.1.
+
+* dead filters: never active over the data (from the mining statistics);
+* RMS norms: ``sqrt(mean(w**2))`` per filter, flagged above the ZF radius 0.1;
+* high-frequency fraction of first-layer filters: the share of a filter's spectral
+  energy (DC excluded) above half the Nyquist frequency; "mostly noise" above 0.6
+  (white noise scores about 0.8, smooth edges and blobs about 0.2-0.4);
+* aliasing of strided layers: the layer is run again with stride 1 on its own input;
+  the share of that dense response's spectral energy (per channel, DC excluded)
+  outside the band the strided output can represent (any axis above ``1 / (2 s)``
+  cycles per pixel) is the energy that folds back into the output as aliases.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ._forward import check_model, resolve_layer
+from ._rf_graph import EvalMode
+from .mining import mine_topk
+
+__all__ = [
+    "Diagnosis",
+    "LayerDiagnosis",
+    "aliasing_score",
+    "diagnose",
+    "feature_evolution",
+    "high_frequency_fraction",
+    "renormalize_after_step",
+    "renormalize_filters_",
+]
+
+ZF_RADIUS = 0.1
+NOISE_THRESHOLD = 0.6
+
+
+def filter_rms(weight: Tensor) -> Tensor:
+    """RMS of each filter ``[F, ...]``: ``sqrt(mean(w ** 2))``."""
+    return weight.detach().flatten(1).pow(2).mean(1).sqrt()
+
+
+def high_frequency_fraction(weight: Tensor, size: int = 32) -> Tensor:
+    """Per filter, the share of spectral energy above half the Nyquist frequency (DC excluded).
+
+    Each filter ``[C, kh, kw]`` is zero-padded to ``size x size`` and its 2-d spectrum
+    summed over input channels.
+    """
+    w = weight.detach().double()
+    spectrum = torch.fft.fft2(w, s=(size, size)).abs().pow(2).sum(1)  # [F, size, size]
+    freq = torch.fft.fftfreq(size, dtype=torch.float64)
+    radius = (freq[:, None] ** 2 + freq[None, :] ** 2).sqrt()
+    spectrum[:, 0, 0] = 0.0
+    total = spectrum.flatten(1).sum(1)
+    high = spectrum[:, radius > 0.25].sum(1)
+    return torch.where(total > 0, high / total, torch.zeros_like(total)).float()
+
+
+def aliasing_score(dense: Tensor, stride: tuple[int, int]) -> Tensor:
+    """Per channel, the share of a dense (stride-1) response's energy a stride would alias.
+
+    Args:
+        dense: responses ``[N, C, H, W]`` computed with stride 1.
+        stride: the layer's stride ``(sy, sx)``.
+
+    Returns:
+        ``[C]``: energy at frequencies above ``1 / (2 s)`` on either axis over all
+        energy, DC excluded, summed over images.
+    """
+    x = dense.detach().double()
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    spectrum = torch.fft.fft2(x).abs().pow(2).sum(0)  # [C, H, W]
+    fy = torch.fft.fftfreq(x.shape[2], dtype=torch.float64).abs()
+    fx = torch.fft.fftfreq(x.shape[3], dtype=torch.float64).abs()
+    outside = (fy[:, None] > 0.5 / stride[0]) | (fx[None, :] > 0.5 / stride[1])
+    total = spectrum.flatten(1).sum(1)
+    folded = spectrum[:, outside].sum(1)
+    return torch.where(total > 0, folded / total, torch.zeros_like(total)).float()
+
+
+@dataclass
+class LayerDiagnosis:
+    """Diagnostics of one layer (see the module documentation for the definitions)."""
+
+    name: str
+    kind: str
+    dead: Tensor
+    rms: Tensor | None = None
+    high_frequency: Tensor | None = None
+    aliasing: Tensor | None = None
+    stride: tuple[int, int] | None = None
+
+    @property
+    def large_filters(self) -> Tensor:
+        """Filters whose RMS exceeds the ZF radius 0.1."""
+        return self.rms > ZF_RADIUS if self.rms is not None else torch.zeros(0, dtype=torch.bool)
+
+    @property
+    def noisy_filters(self) -> Tensor:
+        """First-layer filters that are mostly high-frequency noise."""
+        if self.high_frequency is None:
+            return torch.zeros(0, dtype=torch.bool)
+        return self.high_frequency > NOISE_THRESHOLD
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layer": self.name, "type": self.kind, "channels": len(self.dead)}
+        out["dead"] = int(self.dead.sum())
+        if self.rms is not None:
+            out["rms_max"] = float(self.rms.max())
+            out["above_radius"] = int(self.large_filters.sum())
+        if self.high_frequency is not None:
+            out["high_frequency_mean"] = float(self.high_frequency.mean())
+            out["noisy"] = int(self.noisy_filters.sum())
+        if self.aliasing is not None:
+            out["stride"] = self.stride
+            out["aliasing_mean"] = float(self.aliasing.mean())
+        return out
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` found, per layer, with a table, a figure and an HTML section."""
+
+    layers: list[LayerDiagnosis]
+    images: int
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> LayerDiagnosis:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"layer {name!r} was not diagnosed; diagnosed: {[lay.name for lay in self.layers]}")
+
+    def table(self) -> str:
+        """A Markdown table of every layer's summary."""
+        lines = [
+            "| layer | type | channels | dead | RMS max | > 0.1 | high-freq. mean | noisy | stride | aliasing |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for layer in self.layers:
+            s = layer.summary()
+
+            def cell(key: str, fmt: str = "{}", s: dict[str, Any] = s) -> str:
+                return fmt.format(s[key]) if key in s and s[key] is not None else ""
+
+            lines.append(
+                f"| {s['layer']} | {s['type']} | {s['channels']} | {s['dead']} | {cell('rms_max', '{:.3f}')} | "
+                f"{cell('above_radius')} | {cell('high_frequency_mean', '{:.2f}')} | {cell('noisy')} | "
+                f"{cell('stride')} | {cell('aliasing_mean', '{:.3f}')} |"
+            )
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """The table as escaped HTML, for the report."""
+        rows = self.table().splitlines()
+        head = [c.strip() for c in rows[0].strip("|").split("|")]
+        body = [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+        return (
+            "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+            + "</tbody></table>"
+        )  # fmt: skip
+
+    def plot(self, use_pyplot: bool = True) -> tuple[Figure, np.ndarray]:
+        """Dead filters per layer, first-layer RMS and frequency content, aliasing per strided layer."""
+        from .viz import _figure, _finish
+
+        fig = _figure(use_pyplot, (13, 3.2))
+        axes = np.array(fig.subplots(1, 4))
+        names = [layer.name for layer in self.layers]
+        axes[0].bar(range(len(names)), [float(layer.dead.float().mean()) for layer in self.layers], color="#b33")
+        axes[0].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        axes[0].set_ylabel("fraction of dead filters")
+        first = next((layer for layer in self.layers if layer.high_frequency is not None), None)
+        if first is not None and first.rms is not None:
+            axes[1].bar(range(len(first.rms)), first.rms.sort(descending=True).values.numpy(), color="#357")
+            axes[1].axhline(ZF_RADIUS, color="k", ls="--", lw=1, label="ZF radius 0.1")
+            axes[1].set_title(f"{first.name}: filter RMS", fontsize=9)
+            axes[1].legend(fontsize=7)
+            axes[2].hist(first.high_frequency.numpy(), bins=np.linspace(0, 1, 21), color="#575")
+            axes[2].axvline(NOISE_THRESHOLD, color="k", ls="--", lw=1, label="noise threshold")
+            axes[2].set_title(f"{first.name}: high-frequency fraction", fontsize=9)
+            axes[2].legend(fontsize=7)
+        strided = [layer for layer in self.layers if layer.aliasing is not None]
+        axes[3].bar(range(len(strided)), [float(layer.aliasing.mean()) for layer in strided], color="#a60")
+        axes[3].set_xticks(range(len(strided)), [f"{lay.name}\n/{lay.stride[0]}" for lay in strided], fontsize=7)
+        axes[3].set_ylabel("aliased energy fraction")
+        fig.tight_layout()
+        _finish(fig, use_pyplot)
+        return fig, axes
+
+
+def _stride_of(module: nn.Module) -> tuple[int, int] | None:
+    stride = getattr(module, "stride", None)
+    if stride is None:
+        return None
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    return stride if max(stride) > 1 and len(stride) == 2 else None
+
+
+def _dense_response(module: nn.Module, inputs: Tensor) -> Tensor:
+    """The module's response with stride 1 (same kernel, padding, dilation)."""
+    if isinstance(module, nn.Conv2d):
+        return F.conv2d(inputs, module.weight, module.bias, 1, module.padding, module.dilation, module.groups)
+    if isinstance(module, nn.MaxPool2d):
+        return F.max_pool2d(inputs, module.kernel_size, 1, module.padding, module.dilation)
+    if isinstance(module, nn.AvgPool2d):
+        return F.avg_pool2d(inputs, module.kernel_size, 1, module.padding)
+    raise TypeError(f"no dense response for {type(module).__name__}")
+
+
+def diagnose(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 64,
+    max_images: int | None = 1000,
+    progress: bool = False,
+) -> Diagnosis:
+    """Diagnose ``model`` as Zeiler & Fergus did AlexNet (Sec. 4.1).
+
+    Args:
+        model: the network (not modified; runs in eval mode).
+        data: images as :func:`~captum_deconvviz.mine_topk` takes them.
+        layers: ``Conv2d`` (and pooling) module names; default every ``Conv2d``
+            and every strided pooling layer.
+        batch_size: images per forward pass.
+        max_images: use at most this many images (None: all).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`Diagnosis`: per layer, dead filters (never active over the data),
+        filter RMS norms (flagged above 0.1), the first layer's high-frequency
+        fractions and noisy filters, and the aliasing score of strided layers.
+
+    Example:
+        >>> from captum_deconvviz.zoo import load_default_model, default_sample
+        >>> diagnosis = diagnose(load_default_model(), default_sample())
+        >>> print(diagnosis.table())  # doctest: +SKIP
+    """
+    check_model(model)
+    from . import _datasource
+
+    _datasource.check_data(data)
+    if layers is None:
+        layers = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) or (isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and _stride_of(m) is not None)
+        ]
+    names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
+    if not names:
+        raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
+    total = _datasource.length(data)
+    if max_images is not None and total > max_images:
+        if isinstance(data, Tensor):
+            data = data[:max_images]
+        else:
+            data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
+    stats = mine_topk(model, names, data, k=1, batch_size=batch_size, progress=progress)
+    modules = dict(model.named_modules())
+    first_conv = next(
+        (n for n in names if isinstance(modules[n], nn.Conv2d) and modules[n].in_channels in (1, 3)), None
+    )
+    aliasing = _aliasing(model, [n for n in names if _stride_of(modules[n]) is not None], data, batch_size)
+    results = []
+    for name in names:
+        module = modules[name]
+        entry = LayerDiagnosis(name, type(module).__name__, stats.stats(name).dead)
+        if isinstance(module, nn.Conv2d):
+            entry.rms = filter_rms(module.weight)
+            if name == first_conv:
+                entry.high_frequency = high_frequency_fraction(module.weight)
+        if name in aliasing:
+            entry.stride, entry.aliasing = _stride_of(module), aliasing[name]
+        results.append(entry)
+    return Diagnosis(results, stats.num_images)
+
+
+def _aliasing(model: nn.Module, names: list[str], data: Any, batch_size: int) -> dict[str, Tensor]:
+    from . import _datasource
+
+    if not names:
+        return {}
+    modules = dict(model.named_modules())
+    energy: dict[str, list[Tensor]] = {n: [] for n in names}
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
+            dense = _dense_response(module, inputs[0])
+            energy[name].append(aliasing_score(dense, _stride_of(module)) * dense.shape[0])
+
+        return hook
+
+    for name in names:
+        handles.append(modules[name].register_forward_hook(make(name)))
+    try:
+        with torch.no_grad(), EvalMode(model):
+            count = 0
+            for _, images in _datasource.batches(data, batch_size):
+                device = next((p.device for p in model.parameters()), images.device)
+                model(images.to(device))
+                count += len(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {n: torch.stack(v).sum(0) / count for n, v in energy.items()}
+
+
+def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: Iterable[nn.Module] | None = None) -> int:
+    """Zeiler & Fergus's fix: scale down every conv filter whose RMS exceeds ``radius`` to ``radius``.
+
+    Args:
+        model: modified in place (the trailing underscore says so).
+        radius: the RMS cap (ZF: 0.1).
+        layers: the modules to treat; default every ``Conv2d`` of ``model``.
+
+    Returns:
+        How many filters were renormalized.
+    """
+    if radius <= 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    count = 0
+    with torch.no_grad():
+        for module in layers if layers is not None else model.modules():
+            if not isinstance(module, nn.modules.conv._ConvNd):
+                continue
+            rms = filter_rms(module.weight)
+            scale = torch.where(rms > radius, radius / rms, torch.ones_like(rms))
+            module.weight.mul_(scale.view(-1, *([1] * (module.weight.dim() - 1))))
+            count += int((rms > radius).sum())
+    return count
+
+
+def renormalize_after_step(optimizer: Optimizer, model: nn.Module, radius: float = ZF_RADIUS) -> Any:
+    """Apply :func:`renormalize_filters_` after every ``optimizer.step()``.
+
+    Returns:
+        The hook handle; ``handle.remove()`` stops it.
+
+    Example:
+        >>> handle = renormalize_after_step(optimizer, model)  # doctest: +SKIP
+    """
+    return optimizer.register_step_post_hook(lambda *_: renormalize_filters_(model, radius))
+
+
+def feature_evolution(
+    checkpoints: Sequence[nn.Module],
+    data: Any,
+    layer: str,
+    channels: Sequence[int],
+    labels: Sequence[str] | None = None,
+    denormalize: Callable[[Tensor], Tensor] | None = None,
+    use_pyplot: bool = True,
+) -> tuple[Figure, np.ndarray]:
+    """The strongest patch and projection of each channel across training (ZF Fig. 4).
+
+    Args:
+        checkpoints: the model at successive training steps (modules of one architecture).
+        data: images.
+        layer: the layer to follow.
+        channels: which channels (rows).
+        labels: a column title per checkpoint (e.g. ``"epoch 5"``).
+        denormalize: maps images to [0, 1] RGB.
+        use_pyplot: as in Captum.
+
+    Returns:
+        ``(fig, axes)`` with axes ``[channels, checkpoints, 2]`` (projection, patch).
+    """
+    from .viz import _blank, _display, _figure, _finish, normalize_projection
+
+    if not checkpoints:
+        raise ValueError("checkpoints is empty")
+    fig = _figure(use_pyplot, (len(checkpoints) * 1.4, len(channels) * 0.75 + 0.4))
+    axes = np.array(fig.subplots(len(channels), 2 * len(checkpoints), squeeze=False)).reshape(
+        len(channels), len(checkpoints), 2
+    )
+    for col, model in enumerate(checkpoints):
+        result = mine_topk(model, layer, data, k=1, progress=False)
+        crops = result.patches(data, layer, list(channels))
+        projections = result.projections(model, data, layer, list(channels)).images
+        for row in range(len(channels)):
+            for side in (0, 1):
+                _blank(axes[row, col, side])
+            if not bool(crops.mask[row, 0].any()):
+                continue
+            axes[row, col, 0].imshow(normalize_projection(projections[row, 0]), interpolation="nearest")
+            shown = _display(crops.images[row, 0], denormalize, crops.mask[row, 0])
+            axes[row, col, 1].imshow(shown, interpolation="nearest")
+        title = labels[col] if labels is not None else f"#{col}"
+        axes[0, col, 0].set_title(title, fontsize=8, loc="left")
+    for row, channel in enumerate(channels):
+        axes[row, 0, 0].set_ylabel(f"#{channel}", fontsize=7)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.08)
+    _finish(fig, use_pyplot)
+    return fig, axes
