@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-__all__ = ["Field", "ReceptiveFieldError", "TraceFailed", "analyse", "layer_node", "walk_chain"]
+__all__ = ["Field", "ReceptiveFieldError", "TraceFailed", "analyse", "box_slices", "layer_node", "walk_chain"]
 
 
 class ReceptiveFieldError(ValueError):
@@ -109,6 +109,20 @@ def _gather_bounds(
 ) -> tuple[np.ndarray, np.ndarray]:
     clipped = np.clip(index, 0, len(lo) - 1)
     return np.where(valid, lo[clipped], _EMPTY_LO).min(1), np.where(valid, hi[clipped], _EMPTY_HI).max(1)
+
+
+def box_slices(
+    starts: Sequence[int], size: Sequence[int], extent: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where a box ``[start, start + size)`` meets the image ``[0, extent)``, per axis:
+    the slices in image coordinates, and the same pixels in box coordinates."""
+    inside, local = [], []
+    for start, length, limit in zip(starts, size, extent, strict=True):
+        lo, hi = max(0, start), min(limit, start + length)
+        hi = max(lo, hi)
+        inside.append(slice(lo, hi))
+        local.append(slice(lo - start, hi - start))
+    return tuple(inside), tuple(local)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:

@@ -213,15 +213,9 @@ class CroppedPlan:
         n, size = self.n, self.field.size
         starts = self.boxes(units.cpu())
         crops = images.new_zeros((images.shape[0], images.shape[1], *size))
-        extent = images.shape[-n:]
         for row in range(images.shape[0]):
-            src, dst = [slice(None)], [slice(None)]
-            for axis in range(n):
-                a = int(starts[row, axis])
-                lo, hi = max(0, a), min(extent[axis], a + size[axis])
-                src.append(slice(lo, hi))
-                dst.append(slice(lo - a, hi - a))
-            crops[(row, *dst)] = images[(row, *src)]
+            inside, local = _rf_graph.box_slices(starts[row].tolist(), size, images.shape[-n:])
+            crops[(row, slice(None), *local)] = images[(row, slice(None), *inside)]
         crops.requires_grad_(True)
         with torch.enable_grad():
             with ReverseRules(rules, activations=activations):

@@ -82,16 +82,20 @@ def _warn_once(key: str, message: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _forward_activation(ctx: Any, x: Tensor, out: Tensor, inplace: bool) -> Tensor:
+    """Return the activation's result; an in-place one changed ``x``, which autograd must know."""
+    if inplace:
+        ctx.mark_dirty(x)
+        return x
+    return out
+
+
 class _RectifyBackward(torch.autograd.Function):
     """Forward: the activation as the model defines it. Backward: ``relu(grad)``."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
-        out = act(x)
-        if inplace:
-            ctx.mark_dirty(x)
-            return x
-        return out
+        return _forward_activation(ctx, x, act(x), inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -105,11 +109,7 @@ class _GuidedBackward(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
         # The mask is taken from the input before an in-place activation overwrites it.
         ctx.save_for_backward(x > 0)
-        out = act(x)
-        if inplace:
-            ctx.mark_dirty(x)
-            return x
-        return out
+        return _forward_activation(ctx, x, act(x), inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -122,10 +122,7 @@ class _IdentityActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, act: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
-        if inplace:
-            ctx.mark_dirty(x)
-            return x
-        return x.clone()
+        return _forward_activation(ctx, x, x if inplace else x.clone(), inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:

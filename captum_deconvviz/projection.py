@@ -17,6 +17,7 @@ from captum._utils.common import _verify_select_neuron
 from torch import Tensor, nn
 
 from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
+from ._rf_graph import box_slices
 from .cropped import CroppedPlan, cropped_plan
 from .engine import ActivationPolicy, ReverseRules
 
@@ -274,7 +275,6 @@ def _project_cropped(
     plan: CroppedPlan, images: Tensor, units: Tensor, seed: Seed, rules: str, activations: ActivationPolicy
 ) -> Tensor:
     """Project on crops, then paste each crop back at its box in a full-size zero image."""
-    bounds = torch.tensor(images.shape[2:])
     limits = torch.tensor((plan.channels, *plan.output_size))
     if units.shape[1] != 1 + plan.n:
         raise ValueError(
@@ -289,15 +289,9 @@ def _project_cropped(
         )
     projection, starts = plan.project(images, units.to(torch.long), seed, rules, activations)
     out = torch.zeros_like(images)
-    size = projection.shape[2:]
     for row in range(images.shape[0]):
-        src, dst = [slice(None)], [slice(None)]
-        for axis in range(plan.n):
-            a = int(starts[row, axis])
-            lo, hi = max(0, a), min(int(bounds[axis]), a + size[axis])
-            dst.append(slice(lo, hi))
-            src.append(slice(lo - a, hi - a))
-        out[(row, *dst)] = projection[(row, *src)]
+        inside, local = box_slices(starts[row].tolist(), projection.shape[2:], images.shape[2:])
+        out[(row, slice(None), *inside)] = projection[(row, slice(None), *local)]
     return out
 
 

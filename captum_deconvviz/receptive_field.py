@@ -124,14 +124,9 @@ class ReceptiveField:
 
     def valid_mask(self, *index: int) -> Tensor:
         """Boolean mask of ``size``: True where the box lies inside the image."""
-        box = self.box(*index)
-        n = len(self.size)
+        _, local = _rf_graph.box_slices(self.box(*index)[: len(self.size)], self.size, self.input_size)
         mask = torch.zeros(self.size, dtype=torch.bool)
-        region = tuple(
-            slice(max(0, -a), min(size, limit - a))
-            for a, size, limit in zip(box[:n], self.size, self.input_size, strict=True)
-        )
-        mask[region] = True
+        mask[local] = True
         return mask
 
     def crop(self, image: Tensor, *index: int, fill: float = 0.0) -> Tensor:
@@ -152,17 +147,10 @@ class ReceptiveField:
             raise ValueError(
                 f"image has spatial size {tuple(image.shape[1:])} but the field was computed for {self.input_size}"
             )
-        box = self.box(*index)
         n = len(self.size)
+        inside, local = _rf_graph.box_slices(self.box(*index)[:n], self.size, self.input_size)
         out = image.new_full((image.shape[0], *self.size), fill)
-        dst, src = [slice(None)], [slice(None)]
-        for a, size, limit in zip(box[:n], self.size, self.input_size, strict=True):
-            lo, hi = max(0, a), min(limit, a + size)
-            if hi <= lo:
-                return out
-            dst.append(slice(lo - a, hi - a))
-            src.append(slice(lo, hi))
-        out[tuple(dst)] = image[tuple(src)]
+        out[(slice(None), *local)] = image[(slice(None), *inside)]
         return out
 
     def __str__(self) -> str:

@@ -27,21 +27,30 @@ class ZFNetCIFAR(nn.Module):
         widths: output channels of the four convolutions.
         num_classes: classifier outputs.
         batch_norm: insert BatchNorm after each convolution.
+        first_kernel: kernel size of the first convolution (5).
+        first_stride: stride of the first convolution (1). A large kernel with a large
+            stride gives the AlexNet-like first layer that Zeiler & Fergus criticized.
     """
 
     def __init__(
-        self, widths: tuple[int, int, int, int] = (48, 96, 192, 192), num_classes: int = 10, batch_norm: bool = False
+        self,
+        widths: tuple[int, int, int, int] = (48, 96, 192, 192),
+        num_classes: int = 10,
+        batch_norm: bool = False,
+        first_kernel: int = 5,
+        first_stride: int = 1,
     ) -> None:
         super().__init__()
         c1, c2, c3, c4 = widths
         self.widths = tuple(widths)
+        self.first = (first_kernel, first_stride)
 
-        def block(cin: int, cout: int, k: int) -> list[nn.Module]:
-            conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=not batch_norm)
+        def block(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
+            conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not batch_norm)
             return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)] if batch_norm else [conv, nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(
-            *block(3, c1, 5),
+            *block(3, c1, first_kernel, first_stride),
             nn.MaxPool2d(3, 2, padding=1),
             *block(c1, c2, 5),
             nn.MaxPool2d(3, 2, padding=1),
@@ -59,7 +68,7 @@ class ZFNetCIFAR(nn.Module):
         """A copy without BatchNorm whose convolutions absorb it (eval-mode statistics)."""
         if not any(isinstance(m, nn.BatchNorm2d) for m in self.features):
             raise ValueError("this model has no BatchNorm to fold")
-        folded = ZFNetCIFAR(self.widths, self.classifier.out_features, batch_norm=False)
+        folded = ZFNetCIFAR(self.widths, self.classifier.out_features, False, *self.first)
         convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
         norms = [m for m in self.features if isinstance(m, nn.BatchNorm2d)]
         targets = [m for m in folded.features if isinstance(m, nn.Conv2d)]

@@ -63,6 +63,10 @@ def train_default_model(
     device: str | None = None,
     limit: int | None = None,
     log: bool = True,
+    first_kernel: int = 5,
+    first_stride: int = 1,
+    renormalize: float | None = None,
+    checkpoints: list[ZFNetCIFAR] | None = None,
 ) -> tuple[ZFNetCIFAR, dict[str, float]]:
     """Train the default model and return it (BatchNorm folded, eval mode) with metrics.
 
@@ -76,6 +80,10 @@ def train_default_model(
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         limit: train on the first ``limit`` training images only (for smoke tests).
         log: print progress.
+        first_kernel, first_stride: the first convolution's geometry (see :class:`ZFNetCIFAR`).
+        renormalize: if given, cap every conv filter's RMS at this radius after each step
+            (Zeiler & Fergus's fix, :func:`captum_deconvviz.diagnose.renormalize_after_step`).
+        checkpoints: if given, a folded copy of the model is appended after each epoch.
 
     Returns:
         ``(model, {"test_accuracy": ..., "train_seconds": ..., ...})``.
@@ -85,7 +93,8 @@ def train_default_model(
     root = data_root or find_cifar10()
     train_x, train_y, _ = load_cifar10("train", limit=limit, root=root)
     test_x, test_y, _ = load_cifar10("test", root=root)
-    model = ZFNetCIFAR(batch_norm=True).to(dev).to(memory_format=torch.channels_last)
+    model = ZFNetCIFAR(batch_norm=True, first_kernel=first_kernel, first_stride=first_stride)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     decay, no_decay = [], []
     for _name, param in model.named_parameters():
         (no_decay if param.dim() == 1 else decay).append(param)
@@ -97,6 +106,10 @@ def train_default_model(
     )
     steps = epochs * (len(train_x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.25)
+    if renormalize is not None:
+        from ..diagnose import renormalize_after_step
+
+        renormalize_after_step(optimizer, model, renormalize)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -112,6 +125,8 @@ def train_default_model(
             optimizer.step()
             schedule.step()
             total += float(loss.detach())
+        if checkpoints is not None:
+            checkpoints.append(model.fold_batch_norm().cpu().to(memory_format=torch.contiguous_format))
         if log:
             elapsed = time.perf_counter() - start
             print(f"epoch {epoch + 1}/{epochs}: loss {total / (step + 1):.3f}, {elapsed:.0f}s", flush=True)
