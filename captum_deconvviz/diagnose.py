@@ -182,9 +182,13 @@ class Diagnosis:
         fig = _figure(use_pyplot, (13, 3.2))
         axes = np.array(fig.subplots(1, 4))
         names = [layer.name for layer in self.layers]
-        axes[0].bar(range(len(names)), [float(layer.dead.float().mean()) for layer in self.layers], color="#b33")
+        dead = [float(layer.dead.float().mean()) for layer in self.layers]
+        axes[0].bar(range(len(names)), dead, color="#b33")
         axes[0].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         axes[0].set_ylabel("fraction of dead filters")
+        axes[0].set_ylim(0, max(0.05, 1.15 * max(dead, default=0.0)))
+        if not any(dead):
+            axes[0].text(0.5, 0.5, "no dead filters", transform=axes[0].transAxes, ha="center", fontsize=9)
         first = next((layer for layer in self.layers if layer.high_frequency is not None), None)
         if first is not None and first.rms is not None:
             axes[1].bar(range(len(first.rms)), first.rms.sort(descending=True).values.numpy(), color="#357")
@@ -386,7 +390,8 @@ def feature_evolution(
 
     if not checkpoints:
         raise ValueError("checkpoints is empty")
-    fig = _figure(use_pyplot, (len(checkpoints) * 1.4, len(channels) * 0.75 + 0.4))
+    width = len(checkpoints) * 1.4 + 0.6
+    fig = _figure(use_pyplot, (width, len(channels) * 0.75 + 0.4))
     axes = np.array(fig.subplots(len(channels), 2 * len(checkpoints), squeeze=False)).reshape(
         len(channels), len(checkpoints), 2
     )
@@ -402,10 +407,13 @@ def feature_evolution(
             axes[row, col, 0].imshow(normalize_projection(projections[row, 0]), interpolation="nearest")
             shown = _display(crops.images[row, 0], denormalize, crops.mask[row, 0])
             axes[row, col, 1].imshow(shown, interpolation="nearest")
-        title = labels[col] if labels is not None else f"#{col}"
-        axes[0, col, 0].set_title(title, fontsize=8, loc="left")
+    fig.subplots_adjust(left=0.6 / width, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.08)
+    for col in range(len(checkpoints)):
+        # One title centred over each (projection, patch) pair.
+        left, right = axes[0, col, 0].get_position(), axes[0, col, 1].get_position()
+        title = labels[col] if labels is not None else f"checkpoint {col}"
+        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.01, title, ha="center", va="bottom", fontsize=8)
     for row, channel in enumerate(channels):
-        axes[row, 0, 0].set_ylabel(f"#{channel}", fontsize=7)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.08)
+        axes[row, 0, 0].set_ylabel(f"#{channel}", fontsize=7, rotation=0, ha="right", va="center")
     _finish(fig, use_pyplot)
     return fig, axes

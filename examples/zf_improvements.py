@@ -12,7 +12,7 @@ filter RMS) and compares test accuracy. Writes figures to docs/images and prints
 tables recorded in docs/diagnostics.md. On 2 CPU cores, about 20 minutes with the
 default 4 epochs per variant.
 
-    python examples/zf_improvements.py [--epochs 4] [--out docs/images] [--json numbers.json]
+    python examples/zf_improvements.py [--epochs 4] [--out docs/images] [--json numbers.json] [--limit N]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from captum_deconvviz import diagnose, feature_evolution, plot_filters
 from captum_deconvviz.data import load_cifar10
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--json", default=None)
     parser.add_argument("--data", default=None, help="folder with CIFAR-10's train.zip and test.zip")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke runs)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def main() -> None:
         print(f"training {name}: first conv {kernel}x{kernel}, stride {stride}", flush=True)
         checkpoints: list = []
         model, metrics = train_default_model(
-            epochs=args.epochs, seed=0, data_root=args.data, first_kernel=kernel, first_stride=stride,
+            epochs=args.epochs, seed=0, data_root=args.data, limit=args.limit, first_kernel=kernel, first_stride=stride,
             checkpoints=checkpoints,
         )  # fmt: skip
         diagnosis = diagnose(model, data)
@@ -78,8 +80,9 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     for ax, (name, model) in zip(axes, models.items(), strict=True):
         small, _ = plot_filters(model.features[0], sort_by_norm=True, use_pyplot=False)
-        small.canvas.draw()
-        ax.imshow(small.canvas.buffer_rgba())
+        canvas = FigureCanvasAgg(small)
+        canvas.draw()
+        ax.imshow(canvas.buffer_rgba())
         ax.set_title(f"{name}: conv1 {numbers[name]['first_layer']}", fontsize=10)
         ax.axis("off")
     fig.tight_layout()

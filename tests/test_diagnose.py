@@ -110,4 +110,9 @@ def test_plot_html_and_feature_evolution(images: torch.Tensor) -> None:
     assert diagnosis.to_html().startswith("<table>") and "features.0" in diagnosis.to_html()
     fig, axes = feature_evolution(checkpoints, images, "features.4", [0, 3], labels=["a", "b", "c"], use_pyplot=False)
     assert axes.shape == (2, 3, 2)
-    assert [axes[0, c, 0].get_title(loc="left") for c in range(3)] == ["a", "b", "c"]
+    assert [text.get_text() for text in fig.texts] == ["a", "b", "c"]
+    # Each title is centred over its (projection, patch) pair.
+    for col, text in enumerate(fig.texts):
+        pair = axes[0, col, 0].get_position().x0, axes[0, col, 1].get_position().x1
+        assert abs(text.get_position()[0] - sum(pair) / 2) < 1e-9
+    assert [axes[r, 0, 0].get_ylabel() for r in range(2)] == ["#0", "#3"]

@@ -105,7 +105,14 @@ def train_default_model(
         nesterov=True,
     )
     steps = epochs * (len(train_x) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.25)
+    if steps < 4:
+        raise ValueError(
+            f"epochs={epochs} over {len(train_x)} images in batches of batch_size={batch_size} make {steps} "
+            "optimizer steps; the one-cycle schedule needs at least 4 (raise epochs or limit, or lower batch_size)"
+        )
+    # A quarter of the steps warm up; tiny smoke runs need at least two warm-up steps.
+    warmup = max(0.25, 2.0 / steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
     if renormalize is not None:
         from ..diagnose import renormalize_after_step
 
