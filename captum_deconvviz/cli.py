@@ -46,6 +46,7 @@ def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA if available)")
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this size")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default 0)")
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
@@ -113,7 +114,7 @@ def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list
         device = f"cuda:{torch.cuda.current_device()}"
     return mine_topk(
         model, layers, dataset, k=args.k, unique=args.unique, batch_size=args.batch_size, device=device,
-        checkpoint=getattr(args, "checkpoint", None), progress=_distributed.is_main(),
+        checkpoint=getattr(args, "checkpoint", None), progress=_distributed.is_main(), num_workers=args.workers,
     )  # fmt: skip
 
 

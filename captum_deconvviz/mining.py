@@ -204,6 +204,8 @@ def mine_topk(
         raise ValueError(f"unique must be 'image', 'none' or 'nms', got {unique!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if nan not in ("raise", "skip"):
         raise ValueError(f"nan must be 'raise' or 'skip', got {nan!r}")
     if not 0.0 <= nms_threshold < 1.0:

@@ -31,7 +31,7 @@ import torch
 
 from captum_deconvviz import compare_methods, randomization_test
 from captum_deconvviz.compare import agreement
-from captum_deconvviz.zoo import default_sample, denormalize, load_default_model
+from captum_deconvviz.zoo import CIFAR10_CLASSES, default_sample, denormalize, load_default_model
 
 METHODS = ("zf_deconv", "guided_backprop", "saliency")
 
@@ -103,7 +103,7 @@ def main() -> None:
     fig, axes = plt.subplots(2, len(METHODS) + 1, figsize=(1.8 * (len(METHODS) + 1), 3.8))
     for r, (target, result) in enumerate(rows.items()):
         axes[r, 0].imshow(denormalize(example[0]).permute(1, 2, 0).numpy())
-        axes[r, 0].set_ylabel(f"class {target}", fontsize=8)
+        axes[r, 0].set_ylabel(f"target: {CIFAR10_CLASSES[target]}", fontsize=8)
         for c, method in enumerate(METHODS, start=1):
             attr = result.maps[method][0].abs().sum(0).numpy()
             axes[r, c].imshow(attr, cmap="Blues")

@@ -39,6 +39,13 @@ def test_mine_then_report_from_the_result(tmp_path: Path, capsys: pytest.Capture
     assert f"wrote {saved}" in captured.out
     result = MiningResult.load(saved)
     assert result.layers == ["features.4", "features.9"] and result.num_images == 30 and result.k == 5
+    # Decoding in DataLoader worker processes gives the same records.
+    with_workers = tmp_path / "workers.pt"
+    args = ["mine", "--data", str(folder), "--layers", "features.4", "features.9", "--k", "5", "--workers", "2"]
+    assert main([*args, "--out", str(with_workers)]) == 0
+    again = MiningResult.load(with_workers)
+    for channel in (0, 7):
+        assert again.records("features.9", channel) == result.records("features.9", channel)
     report = tmp_path / "report"
     args = ["report", "--data", str(folder), "--result", str(saved), "--out", str(report)]
     assert main(args) == 0

@@ -306,6 +306,8 @@ def test_bad_input(model: nn.Module, images: Tensor) -> None:
         mine_topk(model, LAYERS, images[:0], progress=False)
     with pytest.raises(ValueError, match="unique must be"):
         mine_topk(model, LAYERS, images, unique="all", progress=False)
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0, got -1"):
+        mine_topk(model, LAYERS, images, num_workers=-1, progress=False)
     with pytest.raises(ValueError, match="DataLoader with a RandomSampler"):
         mine_topk(model, LAYERS, DataLoader(TensorDataset(images), shuffle=True), progress=False)
     mixed = _ListDataset([images[0], images[1], F.interpolate(images[2:3], size=40)[0]])
