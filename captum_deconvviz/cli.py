@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from . import __version__, _distributed
 from .data import ImageFiles
 from .model_loading import ModelLoadError, load_model
 from .receptive_field import ReceptiveFieldError, receptive_field, receptive_field_table
@@ -106,7 +106,6 @@ def _default_layers(args: argparse.Namespace, model: nn.Module) -> list[str]:
 
 
 def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list[str]) -> Any:
-    from . import _distributed
     from .mining import mine_topk
 
     device = args.device
@@ -124,7 +123,6 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     dataset, _, _, name = _data(args)
     layers = _default_layers(args, model)
     result = _mine(args, model, dataset, layers)
-    from . import _distributed
 
     if not _distributed.is_main():
         return 0  # rank 0 writes the one output
@@ -148,7 +146,7 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
         result = _mine(args, model, dataset, _default_layers(args, model))
     from .diagnose import diagnose
 
-    diagnosis = diagnose(model, dataset, batch_size=args.batch_size, max_images=1000)
+    diagnosis = diagnose(model, dataset, batch_size=args.batch_size, max_images=1000, progress=_distributed.is_main())
     index = write_report(
         args.out, model, dataset, result, title=title, denormalize=display, image_labels=labels,
         model_name=args.model, data_name=name, command=["deconvviz", *sys.argv[1:]], diagnosis=diagnosis,
@@ -161,6 +159,7 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
 def _cmd_demo(args: argparse.Namespace) -> int:
     args.model, args.weights, args.arch, args.trust_code = "default", None, None, False
     args.data, args.layers, args.unique, args.image_size = "default-sample", None, "image", None
+    args.workers = 0
     return _cmd_report(args, title="deconvviz demo: the default ZF-style CIFAR-10 model")
 
 
