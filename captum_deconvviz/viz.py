@@ -332,7 +332,7 @@ def plot_hierarchy(
             )
             ax.imshow(np.concatenate([top, np.ones((1, *top.shape[1:])), bottom]), interpolation="nearest")
             ax.set_ylabel(f"#{alive[row]}", fontsize=7)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.94, wspace=0.1, hspace=0.08)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=0.94, wspace=0.18, hspace=0.08)
     _finish(fig, use_pyplot)
     return fig, axes
 

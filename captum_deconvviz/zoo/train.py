@@ -55,7 +55,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
 
 
 def train_default_model(
-    epochs: int = 15,
+    epochs: int = 13,
     batch_size: int = 256,
     lr: float = 0.2,
     seed: int = 0,
@@ -159,7 +159,7 @@ def train_default_model(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the weights (float16 state_dict)")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=13)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
