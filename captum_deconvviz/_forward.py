@@ -54,6 +54,31 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter or buffer, or None."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_dtype(tensor: Tensor, model: nn.Module | None, where: str) -> None:
+    """Refuse ``tensor`` unless it is floating point and matches the model's dtype."""
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{where} must be a floating-point tensor (images normalized as the model expects), got "
+            f"{tensor.dtype}; convert it, e.g. with .float()"
+        )
+    dtype = model_dtype(model) if model is not None else None
+    if dtype is not None and tensor.dtype != dtype:
+        name = str(dtype).removeprefix("torch.")
+        raise TypeError(
+            f"{where}: dtype {str(tensor.dtype).removeprefix('torch.')} does not match the model's parameters "
+            f"({name}); "
+            f"convert one of them: the images with .to(torch.{name}), or the model with model.to({tensor.dtype})"
+        )
+
+
 def resolve_layer(model: nn.Module, layer: Any, argname: str = "layer") -> tuple[str, nn.Module]:
     """Find ``layer`` (a module of ``model`` or its dotted name) and return ``(name, module)``."""
     if isinstance(layer, str):
@@ -90,6 +115,8 @@ def format_inputs(inputs: Any, model: nn.Module | None = None, argname: str = "i
                 f"{where} must be a floating-point tensor to take gradients, got {item.dtype}; "
                 "convert it, e.g. with .float()"
             )
+        if item.is_floating_point() and model is not None:
+            check_dtype(item, model, where)
         if item.dim() == 0:
             raise ValueError(f"{where} must have a batch dimension, got a scalar")
         if item.shape[0] == 0:

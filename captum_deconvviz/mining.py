@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _datasource, _distributed, _topk
-from ._forward import _StopForward, check_model, resolve_layer
+from ._forward import _StopForward, check_dtype, check_model, resolve_layer
 from ._rf_graph import EvalMode
 from .mining_result import MiningResult, atomic_save
 from .receptive_field import ReceptiveField, receptive_field
@@ -315,6 +315,7 @@ def mine_topk(
     try:
         with torch.no_grad(), EvalMode(work_model), _LayerTaps(modules, fold) as taps:
             for current["index"], images in _datasource.batches(data, batch_size, start, num_workers, order):
+                check_dtype(images, work_model, "data (its images)")
                 taps.run(work_model, images.to(work_device, non_blocking=True))
                 start += len(images)
                 bar.update(len(images))
