@@ -13,7 +13,8 @@ with stride 2 and renormalized filters whose RMS exceeded 0.1.
 * aliasing of strided layers: the layer is run again with stride 1 on its own input;
   the share of that dense response's spectral energy (per channel, DC excluded)
   outside the band the strided output can represent (any axis above ``1 / (2 s)``
-  cycles per pixel) is the energy that folds back into the output as aliases.
+  cycles per pixel) is the energy that folds back into the output as aliases;
+  undefined (NaN, "map too small") where the map is smaller than twice the stride.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def aliasing_score(dense: Tensor, stride: tuple[int, int]) -> Tensor:
 
     Returns:
         ``[C]``: energy at frequencies above ``1 / (2 s)`` on either axis over all
-        energy, DC excluded, summed over images.
+        energy, DC excluded, summed over images. NaN (undefined) when the map is
+        smaller than ``2 s`` on an axis: the strided output then has a single sample
+        there, and no band is left to alias into.
     """
+    if dense.shape[2] < 2 * stride[0] or dense.shape[3] < 2 * stride[1]:
+        return torch.full((dense.shape[1],), float("nan"))
     x = dense.detach().double()
     x = x - x.mean(dim=(2, 3), keepdim=True)
     spectrum = torch.fft.fft2(x).abs().pow(2).sum(0)  # [C, H, W]
@@ -131,6 +136,12 @@ class LayerDiagnosis:
         return out
 
 
+def _aliasing_cell(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "map too small" if np.isnan(value) else f"{value:.3f}"
+
+
 @dataclass
 class Diagnosis:
     """What :func:`diagnose` found, per layer, with a table, a figure and an HTML section."""
@@ -160,7 +171,7 @@ class Diagnosis:
             lines.append(
                 f"| {s['layer']} | {s['type']} | {s['channels']} | {s['dead']} | {cell('rms_max', '{:.3f}')} | "
                 f"{cell('above_radius')} | {cell('high_frequency_mean', '{:.2f}')} | {cell('noisy')} | "
-                f"{cell('stride')} | {cell('aliasing_mean', '{:.3f}')} |"
+                f"{cell('stride')} | {_aliasing_cell(s.get('aliasing_mean'))} |"
             )
         return "\n".join(lines)
 
@@ -200,7 +211,11 @@ class Diagnosis:
             axes[2].set_title(f"{first.name}: high-frequency fraction", fontsize=9)
             axes[2].legend(fontsize=7)
         strided = [layer for layer in self.layers if layer.aliasing is not None]
-        axes[3].bar(range(len(strided)), [float(layer.aliasing.mean()) for layer in strided], color="#a60")
+        scores = [float(layer.aliasing.mean()) for layer in strided]
+        axes[3].bar(range(len(strided)), np.nan_to_num(scores, nan=0.0), color="#a60")
+        for i, score in enumerate(scores):
+            if np.isnan(score):
+                axes[3].text(i, 0.02, "map too\nsmall", ha="center", fontsize=6)
         axes[3].set_xticks(range(len(strided)), [f"{lay.name}\n/{lay.stride[0]}" for lay in strided], fontsize=7)
         axes[3].set_ylabel("aliased energy fraction")
         fig.tight_layout()

@@ -60,6 +60,9 @@ def test_aliasing_score_of_known_signals() -> None:
     score = aliasing_score(dense, (2, 2))
     assert score[0] > 0.99 and score[1] < 0.01
     assert aliasing_score(dense, (1, 1)).max() == 0  # stride 1 aliases nothing
+    # A 3-pixel-wide map under stride 2 has one output sample on that axis: undefined, not "all aliased".
+    assert aliasing_score(dense[..., :3], (2, 2)).isnan().all()
+    assert not aliasing_score(dense[..., :4], (2, 2)).isnan().any()
 
 
 def test_large_stride_aliases_more(images: torch.Tensor) -> None:
