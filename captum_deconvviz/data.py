@@ -24,6 +24,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 _BAD_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+
+
 def _label_of(relative: Path) -> str | None:
     """ImageFolder layout: the parent folder names the class; flat folders have none."""
     return relative.parts[-2] if len(relative.parts) >= 2 else None
@@ -76,6 +81,7 @@ class ImageFiles(_Labelled):
         transform: Callable[[Image.Image], Any] | None = None,
         limit: int | None = None,
     ) -> None:
+        _check_limit(limit)
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"data folder {str(self.root)!r} does not exist or is not a folder")
@@ -118,6 +124,7 @@ class ZipImages(_Labelled):
         prefix: str = "",
         interleave: bool = False,
     ) -> None:
+        _check_limit(limit)
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"archive {str(self.path)!r} does not exist")
@@ -155,10 +162,21 @@ class ZipImages(_Labelled):
 
 
 def find_cifar10() -> Path | None:
-    """The folder with CIFAR-10's ``train.zip``/``test.zip``: ``$DECONVVIZ_CIFAR10``, else
-    ``shared/data/cifar10`` next to (or above) the working directory or this package."""
+    """The folder with CIFAR-10's ``train.zip``/``test.zip``, or ``None`` when there is none.
+
+    ``$DECONVVIZ_CIFAR10`` when it is set (and then only that folder, so that pointing it
+    at an empty folder reliably hides the data, as the fresh-clone CI step does); else
+    ``shared/data/cifar10`` next to (or above) the working directory or this package.
+
+    Example:
+        >>> folder = find_cifar10()  # doctest: +SKIP
+        >>> folder is None or (folder / "test.zip").is_file()  # doctest: +SKIP
+        True
+    """
     env = os.environ.get("DECONVVIZ_CIFAR10")
-    candidates = [Path(env)] if env else []
+    if env:
+        return Path(env) if (Path(env) / "test.zip").is_file() else None
+    candidates = []
     for start in (Path.cwd(), Path(__file__).resolve()):
         candidates += [parent / "shared" / "data" / "cifar10" for parent in (start, *start.parents)]
     return next((c for c in candidates if (c / "test.zip").is_file()), None)
@@ -174,13 +192,28 @@ def load_cifar10(
         limit: the first ``limit`` images, taken round-robin over the classes (so 200
             images hold 20 of each class), in a fixed order.
         root: the folder with the zips; default :func:`find_cifar10`.
+
+    Returns:
+        ``(images, labels, classes)``.
+
+    Raises:
+        ValueError: a bad ``split`` or ``limit`` (checked before any file is read).
+        FileNotFoundError: the zip is not there.
+
+    Example:
+        >>> images, labels, classes = load_cifar10("test", limit=200)  # doctest: +SKIP
+        >>> images.shape, classes[0]  # doctest: +SKIP
+        (torch.Size([200, 3, 32, 32]), 'airplane')
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_limit(limit)
     folder = Path(root) if root is not None else find_cifar10()
     if folder is None or not (folder / f"{split}.zip").is_file():
+        where = f"{split}.zip is not in {str(folder)!r}" if folder is not None else "CIFAR-10 JPEG zips not found"
         raise FileNotFoundError(
-            "CIFAR-10 JPEG zips not found: set DECONVVIZ_CIFAR10 to the folder holding train.zip and test.zip"
+            f"{where}: set DECONVVIZ_CIFAR10 (or pass root) to the folder holding train.zip and test.zip; "
+            "without them, captum_deconvviz.zoo.default_sample() has 1,000 test images"
         )
     dataset = ZipImages(folder / f"{split}.zip", limit=limit, interleave=True)
     images = np.stack([np.asarray(dataset._open(i).convert("RGB")) for i in range(len(dataset))])

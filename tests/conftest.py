@@ -5,16 +5,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-#: Where the CIFAR-10 archives live (see ../shared/data/cifar10/README.md).
-CIFAR_DIR = Path(os.environ.get("DECONVVIZ_CIFAR_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 
 
 def assert_rel_close(actual: Tensor, expected: Tensor, rel: float = 1e-5) -> None:

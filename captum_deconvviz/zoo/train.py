@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -54,6 +56,61 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return correct / len(images)
 
 
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_arguments(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str | None,
+    limit: int | None,
+    first_kernel: int,
+    first_stride: int,
+    renormalize: float | None,
+    checkpoints: list[ZFNetCIFAR] | None,
+) -> torch.device:
+    """Every argument of :func:`train_default_model`, checked before any data is read; the device."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("first_stride", first_stride)):
+        _positive_int(name, value)
+    if _positive_int("first_kernel", first_kernel) % 2 == 0:
+        raise ValueError(f"first_kernel must be odd (padding keeps the size), got {first_kernel}")
+    if limit is not None:
+        _positive_int("limit", limit)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if renormalize is not None and (
+        isinstance(renormalize, bool)
+        or not isinstance(renormalize, (int, float))
+        or not math.isfinite(renormalize)
+        or renormalize <= 0
+    ):
+        raise ValueError(f"renormalize must be None or a finite number > 0, got {renormalize!r}")
+    if checkpoints is not None and not isinstance(checkpoints, list):
+        raise TypeError(f"checkpoints must be None or a list to append to, got {type(checkpoints).__name__}")
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N'..., got {device!r} ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here")
+    return dev
+
+
+def _too_few_steps(epochs: int, images: int, batch_size: int) -> None:
+    steps = epochs * (images // batch_size)
+    raise ValueError(
+        f"epochs={epochs} over {images} images in batches of batch_size={batch_size} make {steps} "
+        "optimizer steps; the one-cycle schedule needs at least 4 (raise epochs or limit, or lower batch_size)"
+    )
+
+
 def train_default_model(
     epochs: int = 13,
     batch_size: int = 256,
@@ -87,10 +144,29 @@ def train_default_model(
 
     Returns:
         ``(model, {"test_accuracy": ..., "train_seconds": ..., ...})``.
+
+    Raises:
+        ValueError: a bad argument (checked before any data is read), or too few optimizer steps.
+        FileNotFoundError: no CIFAR-10 zips (see :func:`captum_deconvviz.data.load_cifar10`).
+
+    Example:
+        >>> model, metrics = train_default_model(epochs=1, limit=1024, log=False)  # doctest: +SKIP
+        >>> sorted(metrics)[:2]  # doctest: +SKIP
+        ['batch_size', 'device']
     """
+    dev = _check_arguments(
+        epochs, batch_size, lr, seed, device, limit, first_kernel, first_stride, renormalize, checkpoints
+    )
+    if limit is not None and epochs * (limit // batch_size) < 4:
+        _too_few_steps(epochs, limit, batch_size)  # known before reading a single image
     torch.manual_seed(seed)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     root = data_root or find_cifar10()
+    missing = [name for name in ("train.zip", "test.zip") if root is None or not (Path(root) / name).is_file()]
+    if missing:
+        where = f"in {str(root)!r}" if root is not None else "(data_root not given and find_cifar10() found none)"
+        raise FileNotFoundError(
+            f"CIFAR-10 {' and '.join(missing)} not found {where}: pass data_root or set DECONVVIZ_CIFAR10"
+        )
     train_x, train_y, _ = load_cifar10("train", limit=limit, root=root)
     test_x, test_y, _ = load_cifar10("test", root=root)
     model = ZFNetCIFAR(batch_norm=True, first_kernel=first_kernel, first_stride=first_stride)
@@ -106,10 +182,7 @@ def train_default_model(
     )
     steps = epochs * (len(train_x) // batch_size)
     if steps < 4:
-        raise ValueError(
-            f"epochs={epochs} over {len(train_x)} images in batches of batch_size={batch_size} make {steps} "
-            "optimizer steps; the one-cycle schedule needs at least 4 (raise epochs or limit, or lower batch_size)"
-        )
+        _too_few_steps(epochs, len(train_x), batch_size)
     # A quarter of the steps warm up; tiny smoke runs need at least two warm-up steps.
     warmup = max(0.25, 2.0 / steps)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
@@ -156,7 +229,15 @@ def train_default_model(
     return folded.cpu().eval(), metrics
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m captum_deconvviz.zoo.train``: train, save float16 weights and their metrics (JSON).
+
+    Args:
+        argv: the command-line arguments (default ``sys.argv[1:]``).
+
+    Example:
+        >>> main(["--out", "weights.pt", "--epochs", "13"])  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the weights (float16 state_dict)")
     parser.add_argument("--epochs", type=int, default=13)
@@ -166,11 +247,16 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="folder with CIFAR-10's train.zip and test.zip")
     parser.add_argument("--device", default=None)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    args = parser.parse_args()
-    model, metrics = train_default_model(
-        args.epochs, args.batch_size, args.lr, args.seed, args.data, args.device, args.limit
-    )
+    args = parser.parse_args(argv)
     out = Path(args.out)
+    if not out.parent.is_dir():  # found out now, not after an hour of training
+        parser.error(f"--out {args.out!r}: folder {str(out.parent)!r} does not exist")
+    try:
+        model, metrics = train_default_model(
+            args.epochs, args.batch_size, args.lr, args.seed, args.data, args.device, args.limit
+        )
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        parser.error(str(err))
     # float16 halves the shipped file; accuracy is measured again after the round trip.
     state = {k: v.half() for k, v in model.state_dict().items()}
     torch.save(state, out)
