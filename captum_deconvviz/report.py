@@ -71,6 +71,17 @@ def _save_png(array: np.ndarray, path: Path, scale: int) -> None:
     image.save(path)
 
 
+def _normalization_line(normalization: Any) -> str:
+    """The header line for ``result.meta["normalization"]`` (written by ``deconvviz``); empty if unrecorded."""
+    if not isinstance(normalization, dict):
+        return ""
+    numbers = {key: ", ".join(f"{float(v):g}" for v in normalization.get(key, ())) for key in ("mean", "std")}
+    return (
+        f"<p>Input normalization: <b>{html.escape(str(normalization.get('preset', '?')))}</b> "
+        f"(mean {numbers['mean']}; std {numbers['std']}; images scaled to [0, 1] first)</p>"
+    )
+
+
 def _channel_mosaics(
     result: MiningResult, data: Any, model: nn.Module, layer: str, denormalize: Callable[[Tensor], Tensor] | None
 ) -> list[np.ndarray]:
@@ -161,7 +172,7 @@ def write_report(
     parts.append(
         f"<p>Model: <b>{esc(model_name or type(model).__name__)}</b> · data: "
         f"<b>{esc(data_name or str(result.num_images))}</b> ({result.num_images} images, input {esc(shape)}) · "
-        f"top-{result.k}, unique={esc(result.unique)}</p>"
+        f"top-{result.k}, unique={esc(result.unique)}</p>{_normalization_line(result.meta.get('normalization'))}"
         f"<p class='note'>Made {esc(made)} with {versions}.</p><pre>{esc(command_text)}</pre>"
     )
     toc = ["first-layer filters", "receptive fields", "hierarchy", *result.layers]
