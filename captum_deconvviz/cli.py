@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +19,90 @@ from .model_loading import ModelLoadError, load_model
 from .receptive_field import ReceptiveFieldError, receptive_field, receptive_field_table
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: ``--normalize`` presets: per-channel (mean, std) of images scaled to [0, 1]. "cifar10" is
+#: captum_deconvviz.zoo.CIFAR10_MEAN/STD (tests/test_cli_normalize.py keeps the two equal).
+NORMALIZE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How the command normalizes images: ``(image - mean) / std`` per RGB channel, images in [0, 1].
+
+    Attributes:
+        preset: ``"cifar10"``, ``"imagenet"``, ``"none"``, or ``"custom"`` when ``--mean`` or
+            ``--std`` overrode the preset's values.
+        mean: three per-channel means.
+        std: three per-channel standard deviations.
+    """
+
+    preset: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_meta(self) -> dict[str, Any]:
+        """Plain values for ``MiningResult.meta["normalization"]`` (saved with the result).
+
+        Returns:
+            ``{"preset": str, "mean": [3 floats], "std": [3 floats]}``.
+
+        Example:
+            >>> Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to_meta()["preset"]
+            'none'
+        """
+        return {"preset": self.preset, "mean": list(self.mean), "std": list(self.std)}
+
+
+def _channel_values(option: str, values: Sequence[str], low: float, high: float) -> tuple[float, float, float]:
+    """Three numbers from ``--mean``/``--std`` (spaces or commas), each in ``(low, high]`` or ``[low, high]``."""
+    tokens = " ".join(values).replace(",", " ").split()
+    if len(tokens) != 3:
+        raise ValueError(f"{option} needs 3 numbers, one per RGB channel, got {len(tokens)}: {' '.join(tokens)!r}")
+    try:
+        numbers = tuple(float(token) for token in tokens)
+    except ValueError:
+        raise ValueError(f"{option} needs 3 numbers, one per RGB channel, got {' '.join(tokens)!r}") from None
+    strict = option == "--std"  # a std of 0 would divide by zero
+    for number in numbers:
+        if not math.isfinite(number) or number > high or (number <= low if strict else number < low):
+            bound = f"in ({low:g}, {high:g}]" if strict else f"in [{low:g}, {high:g}]"
+            raise ValueError(
+                f"{option} values must be {bound} for images scaled to [0, 1] (e.g. ImageNet's "
+                f"{' '.join(map(str, NORMALIZE_PRESETS['imagenet'][option == '--std']))}), got {number:g}"
+            )
+    return numbers  # type: ignore[return-value]
+
+
+def _normalization(args: argparse.Namespace) -> Normalization:
+    """The command's normalization: ``--normalize`` (default by model) overridden by ``--mean``/``--std``."""
+    preset = getattr(args, "normalize", None) or ("cifar10" if args.model == "default" else "imagenet")
+    mean, std = NORMALIZE_PRESETS[preset]
+    custom_mean, custom_std = getattr(args, "mean", None), getattr(args, "std", None)
+    if custom_mean is not None:
+        mean = _channel_values("--mean", custom_mean, 0.0, 1.0)
+    if custom_std is not None:
+        std = _channel_values("--std", custom_std, 0.0, 1.0)
+    custom = custom_mean is not None or custom_std is not None
+    return Normalization("custom" if custom else preset, tuple(mean), tuple(std))  # type: ignore[arg-type]
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every number a command was given, checked before any model, image or file is read."""
+    for option, least in (("k", 1), ("batch_size", 1), ("limit", 1), ("image_size", 1), ("workers", 0), ("images", 1)):
+        value = getattr(args, option, None)
+        if value is not None and value < least:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= {least}, got {value}")
+    target = getattr(args, "target", None)
+    if target is not None and target != "predicted" and not (target.isdigit()):
+        raise ValueError(f"--target must be a class index (an int >= 0) or 'predicted', got {target!r}")
+    size = getattr(args, "input_size", None)
+    if size is not None and (len(size) < 2 or min(size) < 1):
+        raise ValueError(f"--input-size needs C H W (each >= 1), got {' '.join(map(str, size))}")
+    if hasattr(args, "normalize"):  # mine, report, compare
+        args.normalization = _normalization(args)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -36,6 +122,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None = 
     )
 
 
+def _add_normalize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--normalize",
+        choices=sorted(NORMALIZE_PRESETS),
+        default=None,
+        help="input statistics: cifar10, imagenet, or none (images in [0, 1]); default cifar10 for the default "
+        "model, imagenet for every other model",
+    )
+    parser.add_argument("--mean", nargs="+", default=None, metavar="M", help="3 per-channel means (R G B), "
+                        "overriding the preset's, for images scaled to [0, 1]")  # fmt: skip
+    parser.add_argument("--std", nargs="+", default=None, metavar="S", help="3 per-channel standard deviations "
+                        "(R G B), overriding the preset's")  # fmt: skip
+
+
 def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="default-sample", help="a folder of images (flat or one folder per class), "
                         "or 'default-sample' (1,000 CIFAR-10 test images shipped with the package)")  # fmt: skip
@@ -47,6 +147,7 @@ def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this size")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default 0)")
+    _add_normalize_arguments(parser)
 
 
 def _model(args: argparse.Namespace) -> nn.Module:
@@ -57,22 +158,20 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     """The dataset, how to display its images, each image's file name, and a description."""
     from torchvision.transforms import functional as TF
 
-    from .zoo import default_sample, default_transform, denormalize
+    from .zoo import default_sample
 
-    default_model = args.model == "default"
-    if default_model:
-        transform, display = default_transform(args.image_size or 32), denormalize
-    else:
-        size = args.image_size or 224
+    norm: Normalization = args.normalization
+    size = args.image_size or (32 if args.model == "default" else 224)
+    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
 
-        def transform(image: Any) -> Tensor:
-            image = TF.center_crop(TF.resize(image.convert("RGB"), size), [size, size])
-            return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+    def transform(image: Any) -> Tensor:
+        image = image.convert("RGB")
+        if image.size != (size, size):  # shorter side to size, then the centre square
+            image = TF.center_crop(TF.resize(image, size), [size, size])
+        return TF.normalize(TF.to_tensor(image), norm.mean, norm.std)
 
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-        def display(image: Tensor) -> Tensor:
-            return (image * std + mean).clamp(0, 1)
+    def display(image: Tensor) -> Tensor:
+        return (image * std.to(image) + mean.to(image)).clamp(0, 1)
 
     if args.data == "default-sample":
         dataset, name = default_sample(transform), "default sample (1,000 CIFAR-10 test images)"
@@ -127,6 +226,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     if not _distributed.is_main():
         return 0  # rank 0 writes the one output
     result.meta["command"] = sys.argv
+    result.meta["normalization"] = args.normalization.to_meta()
     result.save(args.out)
     print(f"mined {result.num_images} images of {name} at {len(layers)} layers in {time.perf_counter() - start:.0f}s: "
           f"wrote {args.out}")  # fmt: skip
@@ -138,12 +238,18 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     from .report import write_report
 
     start = time.perf_counter()
+    used = args.normalization.to_meta()
+    loaded = MiningResult.load(args.result) if getattr(args, "result", None) else None
+    recorded = loaded.meta.get("normalization") if loaded is not None else None
+    if recorded is not None and recorded != used:  # older results record none: nothing to check
+        raise ValueError(
+            f"--result {args.result} was mined with normalization {_describe(recorded)}, but this report would "
+            f"use {_describe(used)}: give the same --normalize/--mean/--std as 'deconvviz mine'"
+        )
     model = _model(args)
     dataset, display, labels, name = _data(args)
-    if getattr(args, "result", None):
-        result = MiningResult.load(args.result)
-    else:
-        result = _mine(args, model, dataset, _default_layers(args, model))
+    result = loaded if loaded is not None else _mine(args, model, dataset, _default_layers(args, model))
+    result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose
 
     diagnosis = diagnose(model, dataset, batch_size=args.batch_size, max_images=1000, progress=_distributed.is_main())
@@ -156,10 +262,18 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     return 0
 
 
+def _describe(normalization: dict[str, Any]) -> str:
+    def numbers(values: Sequence[float]) -> str:
+        return " ".join(f"{v:g}" for v in values)
+
+    return f"{normalization['preset']} (mean {numbers(normalization['mean'])}, std {numbers(normalization['std'])})"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     args.model, args.weights, args.arch, args.trust_code = "default", None, None, False
     args.data, args.layers, args.unique, args.image_size = "default-sample", None, "image", None
     args.workers = 0
+    args.normalization = _normalization(args)
     return _cmd_report(args, title="deconvviz demo: the default ZF-style CIFAR-10 model")
 
 
@@ -179,7 +293,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     fig, _ = result.plot(display=display, use_pyplot=False)
     fig.savefig(args.out, dpi=200)
     print(result.table())
-    print(f"wrote {args.out} ({count} images: {', '.join(names[:count])}; target {args.target})")
+    print(f"wrote {args.out} ({count} images: {', '.join(names[:count])}; target {args.target}; "
+          f"normalization {_describe(args.normalization.to_meta())})")  # fmt: skip
     return 0
 
 
@@ -230,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data", default="default-sample", help="a folder of images, or 'default-sample'")
     compare.add_argument("--image-size", type=int, default=None)
     compare.add_argument("--limit", type=int, default=None)
+    _add_normalize_arguments(compare)
     compare.add_argument("--images", type=int, default=4, help="how many images (the first N)")
     compare.add_argument("--target", default="predicted", help="a class index, or 'predicted' (default)")
     compare.add_argument(
@@ -260,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        _check_arguments(args)
         return int(args.run(args) or 0)
     except (ModelLoadError, ReceptiveFieldError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"deconvviz {args.command}: error: {err}", file=sys.stderr)
