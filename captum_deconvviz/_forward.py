@@ -6,6 +6,7 @@ clear error that names the argument, before anything touches the model.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -26,17 +27,112 @@ __all__ = [
 ]
 
 
-class _StopForward(BaseException):
+class StopForward(BaseException):
     """Raised from a hook to end the forward pass once the layer has run.
 
     A BaseException, so that ``except Exception`` blocks inside user models let it pass.
     """
 
 
+_StopForward = StopForward  # the name other modules used before
+
+
+class EvalMode:
+    """Eval mode for the duration of a ``with`` block; every module's flag is restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.flags = model, [(m, m.training) for m in model.modules()]
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> Tensor:
+    """Zeros of ``(batch, *input_shape)`` in the model's floating dtype, on its device."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.zeros((batch, *input_shape), dtype=dtype, device=device)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the ``meta`` device.
+
+    Running it computes every shape and no value: the receptive-field analysis needs only
+    shapes, so a ResNet-50 is analysed in milliseconds. Models whose forward reads values
+    (data-dependent control flow) fail on it; callers then run the real model.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        meta = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, requires_grad=False) if isinstance(tensor, nn.Parameter) else meta
+    copied = copy.deepcopy(model, memo)
+    return copied
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper holds, so that neither the engine nor the
+    analysis is traced by dynamo (its recompile limit would be hit at every new mode)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def split_layer_spec(spec: str) -> tuple[str, tuple[int | str, ...]]:
+    """``"stages.1[0]"`` -> ``("stages.1", (0,))``: a module name and a pick into its output.
+
+    Picks are integers (tuple and list outputs) or keys (dict outputs), possibly nested:
+    ``"head[0]['logits']"``.
+    """
+    name, picks = spec, []
+    while name.endswith("]") and "[" in name:
+        cut = name.rindex("[")
+        raw = name[cut + 1 : -1].strip()
+        if raw.lstrip("-").isdigit():
+            picks.append(int(raw))
+        else:
+            picks.append(raw.strip("'\""))
+        name = name[:cut]
+    return name, tuple(reversed(picks))
+
+
+def pick_output(value: Any, picks: tuple[int | str, ...], layer: str) -> Any:
+    """Apply a layer spec's picks to a module's output, with errors that list the choices."""
+    for depth, key in enumerate(picks):
+        where = layer + "".join(f"[{p!r}]" for p in picks[:depth])
+        if isinstance(value, (tuple, list)):
+            if not isinstance(key, int) or not -len(value) <= key < len(value):
+                raise ValueError(
+                    f"layer={where!r} outputs a {type(value).__name__} of {len(value)} items; pick one with "
+                    f"an index from 0 to {len(value) - 1}, e.g. {where + '[0]'!r}"
+                )
+            value = value[key]
+        elif isinstance(value, dict):
+            if key not in value:
+                raise ValueError(f"layer={where!r} outputs a dict with keys {list(value)}; {key!r} is not one")
+            value = value[key]
+        else:
+            raise ValueError(f"layer={where!r} outputs a {type(value).__name__}, which cannot be indexed by {key!r}")
+    return value
+
+
+def describe_choices(value: Any, layer: str) -> str:
+    """How to pick a tensor from a container output, for error messages."""
+    if isinstance(value, (tuple, list)):
+        return ", ".join(f"{layer}[{i}]" for i in range(len(value)))
+    if isinstance(value, dict):
+        return ", ".join(f"{layer}[{k!r}]" for k in value)
+    return layer
+
+
 def check_model(model: Any, argname: str = "model") -> nn.Module:
     """Return ``model`` if it is an ``nn.Module`` the engine can see, else raise."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{argname} must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError(
             f"{argname} is a {type(model).__name__}: its replicas run in other threads, where the "
@@ -80,12 +176,19 @@ def check_dtype(tensor: Tensor, model: nn.Module | None, where: str) -> None:
 
 
 def resolve_layer(model: nn.Module, layer: Any, argname: str = "layer") -> tuple[str, nn.Module]:
-    """Find ``layer`` (a module of ``model`` or its dotted name) and return ``(name, module)``."""
+    """Find ``layer`` (a module of ``model`` or its dotted name) and return ``(name, module)``.
+
+    A name may end with picks into a container output, ``"stages.1[0]"``; the returned
+    name keeps them (see :func:`split_layer_spec`), the module is ``stages.1``.
+    """
+    model = unwrap_compiled(model)
     if isinstance(layer, str):
         modules = dict(model.named_modules())
-        if layer in modules:
-            return layer, modules[layer]
-        close = difflib.get_close_matches(layer, [n for n in modules if n], n=5)
+        base, _picks = split_layer_spec(layer)
+        base = base.removeprefix("_orig_mod.")
+        if base in modules:
+            return base + layer[len(split_layer_spec(layer)[0]) :], modules[base]
+        close = difflib.get_close_matches(base, [n for n in modules if n], n=5)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"{argname}={layer!r} is not a module of the model{hint}")
     if isinstance(layer, nn.Module):
@@ -167,10 +270,20 @@ def run_forward(model: nn.Module, inputs: tuple[Tensor, ...], additional_forward
 
 
 @contextmanager
-def _layer_capture(module: nn.Module, to_input: bool, stop: bool) -> Iterator[list[Tensor]]:
+def _layer_capture(module: nn.Module, to_input: bool, stop: bool, layer_name: str = "layer") -> Iterator[list[Tensor]]:
     captured: list[Tensor] = []
+    base, picks = split_layer_spec(layer_name)
 
     def grab(value: Any) -> None:
+        if picks and not to_input:
+            value = pick_output(value, picks, base)
+        elif (not to_input and isinstance(value, (list, dict))) or (
+            not to_input and isinstance(value, tuple) and len(value) != 1
+        ):
+            raise ValueError(
+                f"layer {layer_name!r} outputs a {type(value).__name__}; pick one tensor of it: "
+                f"{describe_choices(value, layer_name)}"
+            )
         if isinstance(value, tuple):
             if len(value) != 1 or not isinstance(value[0], Tensor):
                 raise ValueError(
@@ -209,7 +322,7 @@ def forward_to_layer(
     The rest of the forward is skipped. If the module runs several times, its first call
     is the one returned.
     """
-    with _layer_capture(module, to_input, stop=True) as captured, suppress(_StopForward):
+    with _layer_capture(module, to_input, stop=True, layer_name=layer_name) as captured, suppress(_StopForward):
         run_forward(model, inputs, additional_forward_args)
     if not captured:
         raise ValueError(f"layer {layer_name!r} was not called in the forward pass of the model")

@@ -128,3 +128,99 @@ LINEAR_OPS = frozenset(
 
 #: Every op this engine has a documented rule for.
 KNOWN_OPS = RELU_OPS | RELU_SPELLINGS | RELU_LIKE_OPS | GATE_OPS | NORM_OPS | MAX_POOL_OPS | LINEAR_OPS
+
+# --------------------------------------------------------------------------------------
+# The receptive-field analysis (``_rf_rules.py``): which geometry rule each op gets.
+# --------------------------------------------------------------------------------------
+
+#: Ops whose result is never a tensor computed from the input: skipped outright.
+NON_TENSOR_OPS = frozenset(
+    {
+        "size", "dim", "numel", "nelement", "__len__", "is_floating_point", "is_complex", "is_contiguous",
+        "data_ptr", "stride", "storage_offset", "element_size", "get_device", "tolist", "item", "__bool__",
+        "__int__", "__float__", "__index__", "__format__", "__repr__", "__hash__", "__get__shape",
+        "__get__dtype", "__get__device", "__get__ndim", "__get__is_cuda", "__get__requires_grad",
+        "__get__grad_fn", "__get__layout", "__get__is_leaf", "__get__names", "__get__grad",
+    }
+)  # fmt: skip
+#: Ops that make a tensor shaped like their input whose values do not depend on it.
+NO_DEPENDENCE_OPS = frozenset(
+    {
+        "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+        "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "fill_", "zero_",
+    }
+)  # fmt: skip
+#: Ops that give their first tensor the second's values.
+COPY_OPS = frozenset({"copy_"})
+#: Ops whose output holds the same elements in the same places: the same field.
+IDENTITY_OPS = frozenset(
+    {
+        "contiguous", "clone", "detach", "detach_", "to", "type", "float", "double", "half", "bfloat16",
+        "cpu", "cuda", "requires_grad_", "__get__data", "type_as",
+    }
+)  # fmt: skip
+#: Reshapes: the element order is kept.
+RESHAPE_OPS = frozenset(
+    {"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze",
+     "unsqueeze_"}
+)  # fmt: skip
+#: Index and shape ops: traced on a tensor of element indices.
+INDEX_OPS = RESHAPE_OPS | frozenset(
+    {
+        "expand", "expand_as", "broadcast_to", "repeat", "tile", "permute", "transpose", "transpose_", "swapaxes",
+        "swapdims", "movedim", "moveaxis", "t", "narrow", "select", "__getitem__", "split", "split_with_sizes",
+        "chunk", "unbind", "tensor_split", "hsplit", "vsplit", "flip", "fliplr", "flipud", "roll", "index_select",
+        "diagonal", "channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "unfold",
+        "__get__T", "__get__mT",
+    }
+)  # fmt: skip
+#: Interpolation: resampling whose reach is read from the op itself.
+RESAMPLE_OPS = frozenset({"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"})
+CONCAT_OPS = frozenset({"cat", "concat", "concatenate"})
+STACK_OPS = frozenset({"stack"})
+#: Reductions over the dims given by ``dim`` (all dims without it).
+REDUCTION_OPS = frozenset(
+    {
+        "sum", "mean", "nansum", "nanmean", "amax", "amin", "max", "min", "std", "var", "std_mean", "var_mean",
+        "norm", "linalg_vector_norm", "logsumexp", "prod", "median", "nanmedian", "mode", "all", "any",
+        "count_nonzero", "argmax", "argmin", "aminmax",
+    }
+)  # fmt: skip
+#: Ops whose every output along ``dim`` depends on every input along it.
+MIX_ALONG_DIM_OPS = frozenset(
+    {
+        "softmax", "_softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax", "cummin",
+        "logcumsumexp", "sort", "argsort", "topk", "kthvalue", "glu",
+    }
+)  # fmt: skip
+#: Matrix products: a contraction over a spatial dim mixes space.
+MATMUL_OPS = frozenset(
+    {"linear", "matmul", "mm", "bmm", "__matmul__", "__rmatmul__", "einsum", "bilinear", "addmm", "baddbmm"}
+)
+
+#: Module class names (lower case fragments) that compute gates from global statistics.
+_GATE_NAMES = (
+    ("squeezeexcite", "squeeze-excitation"),
+    ("seblock", "squeeze-excitation"),
+    ("semodule", "squeeze-excitation"),
+    ("effectivese", "squeeze-excitation"),
+    ("eca", "ECA"),
+    ("globalcontext", "global-context"),
+    ("gcmodule", "global-context"),
+    ("selectivekernel", "selective-kernel"),
+    ("splitattn", "split-attention"),
+    ("coordatt", "coordinate-attention"),
+    ("cbam", "CBAM"),
+    ("gather", "gather-excite"),
+)
+
+
+def describe_gate(class_name: str) -> str:
+    """A readable kind for a gating module's class name, or "" if it is not one we know."""
+    lowered = class_name.lower()
+    for fragment, kind in _GATE_NAMES:
+        if fragment in lowered:
+            return kind
+    if lowered in ("se", "selayer") or (class_name.startswith("SE") and class_name[2:3].isupper()):
+        return "squeeze-excitation"
+    return ""

@@ -29,7 +29,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _rf_graph
+from . import _geometry as geometry
+from ._field import Field, Seg
+from ._forward import EvalMode, example_input, split_layer_spec
+from ._geometry import box_slices
+from ._rf_graph import FieldRecorder
 from .engine import ActivationPolicy, ReverseRules
 
 __all__ = ["CroppedPlan", "cropped_plan"]
@@ -37,11 +41,6 @@ __all__ = ["CroppedPlan", "cropped_plan"]
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-_FUNCTIONAL_WINDOWS = {
-    "conv1d", "conv2d", "conv3d", "max_pool1d", "max_pool2d", "max_pool3d", "_max_pool1d", "_max_pool2d",
-    "_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-}  # fmt: skip
-_NON_TENSOR = {"size", "dim", "numel", "getattr", "_assert", "eq", "ne"}
 
 
 class _NotCroppable(Exception):
@@ -50,113 +49,141 @@ class _NotCroppable(Exception):
 
 @dataclass(frozen=True)
 class _Window:
-    kind: str  # "conv", "max" or "avg"
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
+    spec: geometry.WindowSpec
     in_size: tuple[int, ...]  # the full map size of the window's input
     module: nn.Module | None = None
 
 
-def _window_of(node: fx.Node, module: nn.Module | None, n: int) -> _Window:
-    in_size = (_rf_graph._shape(node.all_input_nodes[0]) or ())[-n:]
-    if module is not None:
-        if isinstance(module, nn.modules.conv._ConvNd):
-            if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                raise _NotCroppable(f"{node.name}: padding {module.padding!r}/{module.padding_mode!r}")
-            kind, k, s, p, d = "conv", module.kernel_size, module.stride, module.padding, module.dilation
-        elif isinstance(module, nn.modules.pooling._MaxPoolNd):
-            if module.return_indices:
-                raise _NotCroppable(f"{node.name}: max-pool returning indices")
-            kind, k, s, p, d = "max", module.kernel_size, module.stride, module.padding, module.dilation
-        else:
-            if not module.count_include_pad and _rf_graph.ntuple(module.padding, n) != (0,) * n:
-                raise _NotCroppable(f"{node.name}: average pooling that excludes padding")
-            if getattr(module, "divisor_override", None) is not None:
-                raise _NotCroppable(f"{node.name}: divisor_override")
-            kind, k, s, p, d = "avg", module.kernel_size, module.stride, module.padding, 1
-    else:
-        name = _rf_graph._name(node)
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
-        def arg(i: int, key: str, default: Any = None) -> Any:
-            return node.kwargs[key] if key in node.kwargs else (node.args[i] if len(node.args) > i else default)
 
-        if name.startswith("conv"):
-            if isinstance(arg(4, "padding", 0), str):
-                raise _NotCroppable(f"{node.name}: string padding")
-            kind, k = "conv", (_rf_graph._shape(node.args[1]) or ())[-n:]
-            s, p, d = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1)
-            if arg(6, "groups", 1) is None:
-                raise _NotCroppable(f"{node.name}: groups")
-        elif "max" in name:
-            if arg(6, "return_indices", False):
-                raise _NotCroppable(f"{node.name}: max-pool returning indices")
-            kind, k, s, p, d = (
-                "max",
-                arg(1, "kernel_size"),
-                arg(2, "stride"),
-                arg(3, "padding", 0),
-                arg(4, "dilation", 1),
-            )
-        else:
-            if not arg(5, "count_include_pad", True) and _rf_graph.ntuple(arg(3, "padding", 0), n) != (0,) * n:
-                raise _NotCroppable(f"{node.name}: average pooling that excludes padding")
-            kind, k, s, p, d = "avg", arg(1, "kernel_size"), arg(2, "stride"), arg(3, "padding", 0), 1
-    k = _rf_graph.ntuple(k, n)
-    s = k if s is None or (isinstance(s, (list, tuple)) and len(s) == 0) else _rf_graph.ntuple(s, n)
-    return _Window(kind, k, s, _rf_graph.ntuple(p, n), _rf_graph.ntuple(d, n), tuple(in_size), module)
+class _FieldPass(fx.Interpreter):
+    """Runs the traced graph once under the field recorder: each node's output shape and
+    field, and the real geometry of every window op (functional ones included)."""
+
+    def __init__(self, gm: fx.GraphModule, recorder: FieldRecorder) -> None:
+        super().__init__(gm)
+        self.recorder = recorder
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.fields: dict[fx.Node, Any] = {}
+        self.specs: dict[fx.Node, geometry.WindowSpec] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("call_function", "call_method") and geometry.op_kind(_target_name(n)) in ("conv", "max", "avg"):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.specs[n] = geometry.window_from_call(_target_name(n), args, kwargs)
+        result = super().run_node(n)
+        if isinstance(result, Tensor):
+            self.shapes[n] = tuple(result.shape)
+            self.fields[n] = self.recorder.get(result)
+        elif isinstance(result, (tuple, list)):
+            self.fields[n] = tuple(self.recorder.get(r) if isinstance(r, Tensor) else None for r in result)
+        return result
+
+
+def _layer_node(gm: fx.GraphModule, name: str) -> fx.Node:
+    """The node holding the output of module ``name`` (its first call)."""
+    nodes = list(gm.graph.nodes)
+    for node in nodes:
+        if node.op == "call_module" and node.target == name:
+            return node
+    members = [
+        n
+        for n in nodes
+        if any(path == name or path.startswith(name + ".") for path, _ in n.meta.get("nn_module_stack", {}).values())
+    ]
+    if not members:
+        raise _NotCroppable(f"layer {name!r} does not appear in the traced graph of the model")
+    inside = set(members)
+    leaving = [n for n in members if any(user not in inside for user in n.users)]
+    return (leaving or members)[-1]
 
 
 class CroppedPlan:
     """How to run the forward pass of one layer's units on their receptive-field crops.
 
-    Built by :func:`cropped_plan`; :meth:`project` does the work.
+    Built by :func:`cropped_plan`; :meth:`project` does the work. The plan replays a
+    ``torch.fx`` trace of the model: the cropped pass must *re-run* the model's ops with
+    other window arguments, which needs a program, not only the record of one run that
+    the receptive-field analysis keeps. Models that fx cannot trace are projected on the
+    whole image instead (exact, only slower).
     """
 
     def __init__(self, model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> None:
-        gm, analysis = _rf_graph.analyse(model, input_shape)
+        if split_layer_spec(layer)[1]:
+            raise _NotCroppable(f"layer {layer!r} picks from a container output")
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception as err:  # any tracing failure means: project on the whole image
+            raise _NotCroppable(f"torch.fx cannot trace the model: {type(err).__name__}") from err
+        recorder = FieldRecorder(tuple(input_shape[1:]))
+        run = _FieldPass(gm, recorder)
+        x = example_input(model, input_shape)
+        with torch.no_grad(), EvalMode(model):
+            recorder.start(x)
+            with recorder:
+                run.run(x)
         self.gm = gm
         self.layer = layer
         self.input_shape = input_shape
-        self.target = _rf_graph.layer_node(gm, layer)
-        field = analysis.fields.get(self.target)
-        if not isinstance(field, _rf_graph.Field) or field.is_global:
+        self.shapes = run.shapes
+        self.target = _layer_node(gm, layer)
+        field = run.fields.get(self.target)
+        if not isinstance(field, Field) or field.is_global or field.via or field.hidden is not None:
             raise _NotCroppable(f"layer {layer!r} depends on the whole input")
-        self.field = field
-        self.n = len(field.size)
-        shape = _rf_graph._shape(self.target) or ()
-        self.output_size = tuple(shape[d] for d in field.layout)
-        self.channels = shape[1] if len(shape) > 1 else 1
-        if len(shape) != 2 + self.n or field.layout != tuple(range(2, 2 + self.n)):
+        seg = field.layer_seg()
+        if not seg.exact:
+            raise _NotCroppable(f"layer {layer!r} has a bounded, not exact, field")
+        self.field = seg
+        self.n = len(seg.size)
+        shape = self.shapes.get(self.target, ())
+        if len(shape) != 2 + self.n or field.dims != (None, None, *range(self.n)):
             raise _NotCroppable(f"layer {layer!r} does not output [N, C, *spatial]")
+        self.output_size = tuple(shape[2:])
+        self.channels = shape[1]
         ancestors = self._ancestors()
         self.nodes = [node for node in gm.graph.nodes if node in ancestors]
         self.windows: dict[fx.Node, _Window] = {}
-        self.fields = analysis.fields
+        self.fields: dict[fx.Node, Seg] = {}
+        self.layouts: dict[fx.Node, tuple[int, ...]] = {}
         modules = dict(gm.named_modules())
         # The leaf modules the plan calls (fx shares them with the model; containers are copies).
         self._modules = [(n.target, modules[n.target]) for n in self.nodes if n.op == "call_module"]
         for node in self.nodes:
-            node_field = analysis.fields.get(node)
-            if isinstance(node_field, tuple):
-                raise _NotCroppable(f"{node.name}: tuple output")
-            if isinstance(node_field, _rf_graph.Field) and node_field.is_global:
-                raise _NotCroppable(f"{node.name}: non-local op")
-            module = modules.get(node.target) if node.op == "call_module" else None
-            if module is not None and isinstance(
-                module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-            ):
-                continue  # checked at run time: only eval mode is position-independent
-            if isinstance(
-                module, (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
-            ):
-                if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                    raise _NotCroppable(f"{node.name}: transposed convolution")
-                self.windows[node] = _window_of(node, module, self.n)
-            elif node.op in ("call_function", "call_method") and _rf_graph._name(node) in _FUNCTIONAL_WINDOWS:
-                self.windows[node] = _window_of(node, None, self.n)
+            self._check_node(node, run, modules)
         self.cost_ratio = self._cost_ratio()
+
+    def _check_node(self, node: fx.Node, run: _FieldPass, modules: dict[str, nn.Module]) -> None:
+        node_field = run.fields.get(node)
+        if isinstance(node_field, tuple):
+            raise _NotCroppable(f"{node.name}: tuple output")
+        if isinstance(node_field, Field):
+            if node_field.is_global or node_field.hidden is not None:
+                raise _NotCroppable(f"{node.name}: non-local op")
+            seg = node_field.layer_seg()
+            if not seg.exact:
+                raise _NotCroppable(f"{node.name}: resampling")
+            self.fields[node] = seg
+            self.layouts[node] = tuple(node_field.spatial_dims())
+        elif node_field is not None:
+            raise _NotCroppable(f"{node.name}: {node_field}")
+        module = modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
+            return  # checked at run time: only eval mode is position-independent
+        spec = geometry.window_from_module(module) if module is not None else run.specs.get(node)
+        if spec is None:
+            return
+        if module is not None and not type(module).__module__.startswith("torch.nn"):
+            # a subclass may transform its weights or pad by itself (weight standardization, TF "same")
+            raise _NotCroppable(f"{node.name}: {type(module).__name__} is not torch's own window module")
+        if spec.kind not in ("conv", "max", "avg"):
+            raise _NotCroppable(f"{node.name}: {spec.kind} window")
+        if not spec.zero_padded:
+            raise _NotCroppable(f"{node.name}: padding that is not zeros")
+        source = node.all_input_nodes[0]
+        in_size = self.shapes.get(source, ())[-self.n :]
+        self.windows[node] = _Window(spec, tuple(in_size), module)
 
     def _ancestors(self) -> set[fx.Node]:
         seen: set[fx.Node] = set()
@@ -172,10 +199,10 @@ class CroppedPlan:
         """Window work on the crop's cone over window work on the whole map (a FLOP proxy)."""
         full = cropped = 0.0
         for node, window in self.windows.items():
-            out = (_rf_graph._shape(node) or ())[-self.n :]
+            out = self.shapes.get(node, ())[-self.n :]
             field = self.fields[node]
-            per_unit = float(torch.tensor(window.kernel).prod())
-            channels = float((_rf_graph._shape(node) or (1, 1))[1])
+            per_unit = float(torch.tensor(window.spec.kernel).prod())
+            channels = float(self.shapes.get(node, (1, 1))[1])
             cone = [
                 min(o, (r_target - r_node) // j_node + 1)
                 for o, r_target, r_node, j_node in zip(out, self.field.size, field.size, field.jump, strict=True)
@@ -214,7 +241,7 @@ class CroppedPlan:
         starts = self.boxes(units.cpu())
         crops = images.new_zeros((images.shape[0], images.shape[1], *size))
         for row in range(images.shape[0]):
-            inside, local = _rf_graph.box_slices(starts[row].tolist(), size, images.shape[-n:])
+            inside, local = box_slices(starts[row].tolist(), size, images.shape[-n:])
             crops[(row, slice(None), *local)] = images[(row, slice(None), *inside)]
         crops.requires_grad_(True)
         with torch.enable_grad():
@@ -269,13 +296,12 @@ class _CroppedRun(fx.Interpreter):
             self._align(spatial)
         args, kwargs = self.fetch_args_kwargs_from_env(node)
         result = getattr(self, node.op)(node.target, args, kwargs)
-        if spatial and isinstance(result, Tensor) and _rf_graph._name(node) not in _NON_TENSOR:
+        if spatial and isinstance(result, Tensor) and node in self.plan.layouts:
             self.origins[node] = self.origins[spatial[0]]
         return result
 
     def _layout(self, node: fx.Node) -> tuple[int, ...]:
-        field = self.plan.fields[node]
-        return field.layout
+        return self.plan.layouts[node]
 
     def _align(self, nodes: list[fx.Node]) -> None:
         """Slice every operand of a merge to the units all of them hold."""
@@ -310,11 +336,12 @@ class _CroppedRun(fx.Interpreter):
             shape[x.dim() - n + axis] = inside.shape[1]
             inside = inside.view(shape)
             valid = inside if valid is None else valid & inside
-        fill = float("-inf") if window.kind == "max" else 0.0
+        spec = window.spec
+        fill = float("-inf") if spec.kind == "max" else 0.0
         x = torch.where(valid, x, torch.full((), fill, dtype=x.dtype, device=x.device))
         # First output unit whose window lies inside the local map; the same offset in every example.
-        stride = torch.tensor(window.stride, device=x.device)
-        padding = torch.tensor(window.padding, device=x.device)
+        stride = torch.tensor(spec.stride, device=x.device)
+        padding = torch.tensor(spec.before, device=x.device)
         first = torch.div(origin + padding + stride - 1, stride, rounding_mode="floor")
         skip = first * stride - padding - origin
         if bool((skip != skip[0]).any()):
@@ -322,19 +349,18 @@ class _CroppedRun(fx.Interpreter):
         for axis in range(n):
             x = x.narrow(x.dim() - n + axis, int(skip[0, axis]), x.shape[x.dim() - n + axis] - int(skip[0, axis]))
         self.origins[node] = first
-        if window.kind == "conv":
+        if spec.kind == "conv":
             module = window.module
             if module is not None:
-                weight, bias, groups = module.weight, module.bias, module.groups
+                weight, bias = module.weight, module.bias
             else:
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
-                weight = args[1]
-                bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-                groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
-            return _CONV[n](x, weight, bias, window.stride, 0, window.dilation, groups)
-        if window.kind == "max":
-            return _MAX[n](x, window.kernel, window.stride, 0, window.dilation)
-        return _AVG[n](x, window.kernel, window.stride, 0)
+                bound = geometry.bind_call(_target_name(node), args, kwargs)
+                weight, bias = bound["weight"], bound.get("bias")
+            return _CONV[n](x, weight, bias, spec.stride, 0, spec.dilation, spec.groups)
+        if spec.kind == "max":
+            return _MAX[n](x, spec.kernel, spec.stride, 0, spec.dilation)
+        return _AVG[n](x, spec.kernel, spec.stride, 0)
 
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], CroppedPlan | str]] = weakref.WeakKeyDictionary()
@@ -350,7 +376,7 @@ def cropped_plan(model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> 
     if key not in cache:
         try:
             cache[key] = CroppedPlan(model, layer, tuple(input_shape))
-        except (_NotCroppable, _rf_graph.TraceFailed, _rf_graph.ReceptiveFieldError, ValueError) as err:
+        except (_NotCroppable, ValueError) as err:
             cache[key] = str(err) or type(err).__name__
     plan = cache[key]
     if isinstance(plan, str):

@@ -31,8 +31,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._forward import check_model, resolve_layer
-from ._rf_graph import EvalMode
+from ._forward import EvalMode, check_model, resolve_layer
 from .mining import mine_topk
 
 __all__ = [

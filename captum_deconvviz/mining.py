@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _datasource, _distributed, _topk
-from ._forward import _StopForward, check_dtype, check_model, resolve_layer
-from ._rf_graph import EvalMode
+from ._forward import EvalMode, _StopForward, check_dtype, check_model, resolve_layer
 from .mining_result import MiningResult, atomic_save
 from .receptive_field import ReceptiveField, receptive_field
 

@@ -17,7 +17,7 @@ from captum._utils.common import _verify_select_neuron
 from torch import Tensor, nn
 
 from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
-from ._rf_graph import box_slices
+from ._geometry import box_slices
 from .cropped import CroppedPlan, cropped_plan
 from .engine import ActivationPolicy, ReverseRules
 

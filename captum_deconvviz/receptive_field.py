@@ -2,25 +2,34 @@
 
 Two methods that cross-check each other:
 
-* **analytic** (default): a ``torch.fx`` trace of the model, with the arithmetic of
-  Araujo, Norris & Sim (Distill 2019) per spatial dimension. With ``j`` the jump
-  (stride in input pixels), ``r`` the field size and ``left`` the first input pixel
-  of unit 0's field, a layer with kernel ``k``, stride ``s``, padding ``p`` and
-  dilation ``d`` maps ``(j, r, left)`` to ``(j*s, r + (d*(k-1)) * j, left - p*j)``.
-  Paths that merge (residual adds, concatenations) must be aligned (same jump and
-  same centre); the result is the largest of their fields.
+* **analytic** (default): the model runs once on zeros of ``input_shape`` under a
+  recorder (a ``TorchFunctionMode``, like the reverse engine) that gives every tensor
+  its field, with the arithmetic of Araujo, Norris & Sim (Distill 2019) per spatial
+  dimension. With ``j`` the jump (stride in input pixels), ``r`` the field size and
+  ``left`` the first input pixel of unit 0's field, a layer with kernel ``k``, stride
+  ``s``, padding ``p`` and dilation ``d`` maps ``(j, r, left)`` to
+  ``(j*s, r + (d*(k-1)) * j, left - p*j)``. Merges take the hull of their inputs'
+  fields (misaligned paths have one: the union); channels of one layer may have
+  different fields (concatenations), which ``channel=`` gives exactly. Gates and
+  normalization statistics computed over the whole map (squeeze-excitation,
+  GroupNorm) are reported in :attr:`ReceptiveField.global_via` instead of widening the
+  field. Ops the analysis cannot model make it fall back to the probe, with a warning.
 * **probe**: a copy of the model with random positive weights, every pointwise
   non-linearity replaced by the identity and max-pooling by a window sum (the
   engine's ``"probe"`` rules); the gradient support of a unit is its field.
 
 The box of unit ``(y, x)`` is ``offset + (y, x) * stride`` to that plus ``size``,
-half-open, in input pixels. It may leave the image: the unit then sees zero padding.
+half-open, in input pixels. It may leave the image: the unit then sees padding. Where
+reflect or replicate padding folds pixels back inside the image, the box stays the
+geometric window and :meth:`ReceptiveField.clipped_box` is the set of input pixels
+reached.
 """
 
 from __future__ import annotations
 
 import copy
 import html
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -30,8 +39,16 @@ import torch
 from torch import Tensor, nn
 
 from . import _rf_graph
-from ._forward import check_model, forward_to_layer, resolve_layer
-from ._rf_graph import ReceptiveFieldError
+from ._field import Field, Unmodelled
+from ._forward import (
+    EvalMode,
+    check_model,
+    example_input,
+    forward_to_layer,
+    resolve_layer,
+    split_layer_spec,
+)
+from ._geometry import box_slices
 from .engine import ReverseRules
 
 __all__ = [
@@ -46,6 +63,10 @@ __all__ = [
 Method = Literal["analytic", "probe"]
 
 
+class ReceptiveFieldError(ValueError):
+    """The receptive field cannot be computed, or the analytic method and the probe disagree."""
+
+
 @dataclass(frozen=True)
 class ReceptiveField:
     """The receptive field of the units of one layer, per spatial dimension.
@@ -57,14 +78,23 @@ class ReceptiveField:
         input_size: spatial size of the input the field was computed for.
         output_size: spatial size of the layer's map (the valid unit indices).
         layer: the layer's name.
-        exact: False when the field is a conservative bound (non-uniform adaptive
-            pooling); the true support lies inside the box.
+        exact: False when ``size``, ``stride`` and ``offset`` are a safe bound (upsampling,
+            transposed convolutions with stride, adaptive pooling with windows of unequal
+            sizes): every unit's true support lies inside its box; :attr:`reach` stays exact.
         method: ``"analytic"`` or ``"probe"``.
         reach: per axis, ``(lo, hi)`` tuples with, for every unit index, the half-open
             range of input pixels the unit really depends on (analytic method only;
             None otherwise). It differs from the box clipped to the image only at the
             borders: windows that overlap padding, dilation holes, pixels a stride
             leaves unseen. :meth:`clipped_box` uses it.
+        global_via: readable reasons why every unit also depends, weakly, on the whole
+            input although what it looks at is local: gates computed from global
+            statistics (``"squeeze-excitation gate at blocks.2.se"``) or normalization
+            statistics over the map (``"GroupNorm statistics at 'layer1.0.bn1'"``). The box
+            is the local field, with those statistics held fixed, which is what ZF-style
+            patches show. Empty when there are none.
+        channel: the channel this field is for, or None for the whole layer (the union
+            over its channels: the widest).
     """
 
     size: tuple[int, ...]
@@ -78,6 +108,8 @@ class ReceptiveField:
     reach: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] | None = dataclass_field(
         default=None, repr=False, compare=False
     )
+    global_via: tuple[str, ...] = ()
+    channel: int | None = None
 
     def _check_index(self, index: Sequence[int]) -> None:
         if len(index) != len(self.size):
@@ -124,7 +156,7 @@ class ReceptiveField:
 
     def valid_mask(self, *index: int) -> Tensor:
         """Boolean mask of ``size``: True where the box lies inside the image."""
-        _, local = _rf_graph.box_slices(self.box(*index)[: len(self.size)], self.size, self.input_size)
+        _, local = box_slices(self.box(*index)[: len(self.size)], self.size, self.input_size)
         mask = torch.zeros(self.size, dtype=torch.bool)
         mask[local] = True
         return mask
@@ -148,7 +180,7 @@ class ReceptiveField:
                 f"image has spatial size {tuple(image.shape[1:])} but the field was computed for {self.input_size}"
             )
         n = len(self.size)
-        inside, local = _rf_graph.box_slices(self.box(*index)[:n], self.size, self.input_size)
+        inside, local = box_slices(self.box(*index)[:n], self.size, self.input_size)
         out = image.new_full((image.shape[0], *self.size), fill)
         out[(slice(None), *local)] = image[(slice(None), *inside)]
         return out
@@ -157,7 +189,8 @@ class ReceptiveField:
         dims = "x".join(map(str, self.size))
         return (
             f"ReceptiveField({self.layer or 'layer'}: size {dims}, stride {'x'.join(map(str, self.stride))}, "
-            f"offset {tuple(self.offset)}{'' if self.exact else ', bound'})"
+            f"offset {tuple(self.offset)}{'' if self.exact else ', bound'}"
+            f"{f', global via {len(self.global_via)}' if self.global_via else ''})"
         )
 
 
@@ -180,43 +213,112 @@ def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
     return tuple(input_shape)
 
 
-def _analytic(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
+def _snapshot(analysis: _rf_graph.Analysis, spec: str) -> _rf_graph.Snapshot:
+    """The analysed output of layer ``spec`` (a module name, possibly with picks)."""
+    name, picks = split_layer_spec(spec)
+    snap = analysis.outputs.get(name)
+    if snap is None:
+        raise ValueError(f"layer {name!r} was not called in the forward pass of the model")
+    for depth, key in enumerate(picks):
+        where = name + "".join(f"[{p!r}]" for p in picks[:depth])
+        in_seq = snap.kind == "seq" and isinstance(key, int) and -len(snap.items) <= key < len(snap.items)
+        if in_seq or (snap.kind == "dict" and key in snap.items):
+            snap = snap.items[key]
+        else:
+            raise ValueError(f"layer={where!r} has no item {key!r}: {_choices(snap, where)}")
+    if snap.kind != "tensor":
+        raise ValueError(f"layer {spec!r} outputs a {snap.type_name}; pick one tensor of it: {_choices(snap, spec)}")
+    return snap
+
+
+def _choices(snap: _rf_graph.Snapshot, where: str) -> str:
+    if snap.kind == "seq":
+        return "choose one of " + ", ".join(f"{where}[{i}]" for i in range(len(snap.items)))
+    if snap.kind == "dict":
+        return "choose one of " + ", ".join(f"{where}[{k!r}]" for k in snap.items)
+    return f"it is a {snap.type_name}"
+
+
+def _analytic(model: nn.Module, name: str, input_shape: tuple[int, ...], channel: int | None) -> ReceptiveField:
+    analysis = _rf_graph.analyse(model, input_shape, stop_after=split_layer_spec(name)[0])
+    snap = _snapshot(analysis, name)
+    return _from_snapshot(model, snap, name, input_shape, channel)
+
+
+def _from_snapshot(
+    model: nn.Module, snap: _rf_graph.Snapshot, name: str, input_shape: tuple[int, ...], channel: int | None
+) -> ReceptiveField:
+    field = snap.field
+    if isinstance(field, Unmodelled):
+        warnings.warn(
+            f"the receptive-field analysis has no rule for the {field} that layer {name!r} depends on; "
+            "measuring the field with the gradient probe instead",
+            UserWarning,
+            stacklevel=4,
+        )
+        return _probe_field(model, name, input_shape, channel)
+    if field is None:
+        return _probe_or_refuse(model, name, input_shape, channel)
+    if field.hidden is not None:
+        if field.hidden[0].is_global:
+            field = field.hidden[0]
+        else:
+            raise ReceptiveFieldError(
+                f"layer {name!r} outputs shape {snap.shape}, in which the spatial dims are flattened together "
+                "with others; choose the layer before the flatten"
+            )
+    return _make(field, input_shape, snap.shape, name, channel)
+
+
+def _probe_or_refuse(model: nn.Module, name: str, input_shape: tuple[int, ...], channel: int | None) -> ReceptiveField:
+    """The analysis lost the input (an op outside torch's Python API, e.g. TorchScript): ask the probe."""
     try:
-        gm, analysis = _rf_graph.analyse(model, input_shape)
-    except _rf_graph.TraceFailed as err:
-        return _analytic_chain(model, name, input_shape, str(err))
-    node = _rf_graph.layer_node(gm, name)
-    return _from_field(analysis.fields.get(node), node, name, input_shape)
-
-
-def _from_field(field: Any, node: Any, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
-    if isinstance(field, tuple):
-        field = field[0]
-    if not isinstance(field, _rf_graph.Field):
-        raise ReceptiveFieldError(f"layer {name!r} does not depend on the input")
-    shape = _rf_graph._shape(node)
-    if shape is None:
-        raise ReceptiveFieldError(f"layer {name!r} does not output a single tensor")
-    output_size = tuple(shape[d] for d in field.layout) if field.layout else (1,) * len(field.size)
-    return _make(field, input_shape, output_size, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rf = _probe_field(model, name, input_shape, channel)
+    except ValueError as err:
+        raise ReceptiveFieldError(f"layer {name!r} does not depend on the input ({err})") from None
+    warnings.warn(
+        f"the receptive-field analysis lost track of the input before layer {name!r} (an op outside torch's "
+        "Python API, such as a TorchScript function?); the field was measured with the gradient probe",
+        UserWarning,
+        stacklevel=4,
+    )
+    return rf
 
 
 def _make(
-    field: _rf_graph.Field, input_shape: tuple[int, ...], output_size: tuple[int, ...], name: str
+    field: Field, input_shape: tuple[int, ...], shape: tuple[int, ...], name: str, channel: int | None = None
 ) -> ReceptiveField:
-    reach = tuple(
-        (tuple(int(v) for v in lo), tuple(int(v) for v in hi)) for lo, hi in zip(field.lo, field.hi, strict=True)
-    )
+    n = len(input_shape) - 1
+    output_size = [1] * n
+    for d, axis in enumerate(field.dims):
+        if axis is not None:
+            output_size[axis] = int(shape[d])
+    channels = field.cmap.reshape(field.cmap.shape[0], -1)[0] if field.cmap.ndim >= 1 else field.cmap.reshape(1)
+    if channel is None:
+        seg = field.layer_seg()
+    else:
+        if not 0 <= channel < len(channels):
+            raise ValueError(f"channel={channel} is out of range: layer {name!r} has {len(channels)} channels")
+        seg = field.segs[int(channels[channel])]
+    if seg.empty:
+        where = f"channel {channel} of layer {name!r}" if channel is not None else f"layer {name!r}"
+        raise ReceptiveFieldError(f"{where} does not depend on the input")
+    seg = seg.resized(tuple(output_size))
+    reach = tuple((tuple(int(v) for v in lo), tuple(int(v) for v in hi)) for lo, hi in zip(seg.lo, seg.hi, strict=True))
     return ReceptiveField(
-        field.size,
-        field.jump,
-        field.left,
+        seg.size,
+        seg.jump,
+        seg.left,
         input_shape[1:],
-        output_size,
+        tuple(output_size),
         name,
-        field.exact,
+        seg.exact,
         "analytic",
         reach,
+        tuple(sorted(field.via)),
+        channel,
     )
 
 
@@ -226,21 +328,26 @@ def receptive_field(
     input_shape: Sequence[int],
     method: Method = "analytic",
     verify: bool = False,
+    channel: int | None = None,
 ) -> ReceptiveField:
     """The receptive field of the units of ``layer`` for inputs of ``input_shape``.
 
     Args:
-        model: the network. It is not modified (shape inference runs it once in eval
-            mode on zeros, and restores every module's training flag).
+        model: the network. It is not modified (the analysis runs it once in eval mode
+            on zeros, and restores every module's training flag; its hooks are removed).
         layer: a module of ``model`` or its dotted name. A container (e.g. a ResNet
-            stage) means its output.
+            stage) means its output; for a module that outputs a tuple, list or dict
+            (HRNet stages), pick one tensor: ``"stages.1[0]"``.
         input_shape: ``(C, H, W)`` (or ``(C, L)``, ``(C, D, H, W)``), without batch.
-        method: ``"analytic"`` (a ``torch.fx`` trace; falls back, with a warning, to
-            walking the modules in execution order when tracing fails) or ``"probe"``
-            (the gradient support of units of a positive-weight copy of the model).
+        method: ``"analytic"`` (the recorded ops of one forward pass; an op it cannot
+            model makes it fall back to the probe, with a warning naming the op) or
+            ``"probe"`` (the gradient support of units of a positive-weight copy).
         verify: compute both and raise :class:`ReceptiveFieldError` if the probe's
             support of probed units (centre, neighbours and borders) differs from the
-            analytic box clipped to the image.
+            analytic box clipped to the image. Global gates and statistics are held
+            fixed in the probe, as in the analytic field.
+        channel: give channel ``channel``'s own field. Without it, the layer's field is
+            the union over its channels (for a concatenation of branches: the widest).
 
     Returns:
         A :class:`ReceptiveField`.
@@ -257,18 +364,21 @@ def receptive_field(
         >>> rf.size, rf.stride, rf.offset
         ((212, 212), (32, 32), (-90, -90))
     """
-    check_model(model)
+    model = check_model(model)
     name, _ = resolve_layer(model, layer)
     input_shape = _check_input_shape(input_shape)
     if method not in ("analytic", "probe"):
         raise ValueError(f"method must be 'analytic' or 'probe', got {method!r}")
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
+        raise TypeError(f"channel must be an int or None, got {type(channel).__name__}")
     if method == "probe" and not verify:
-        return _probe_field(model, name, input_shape)
-    analytic = _analytic(model, name, input_shape)
+        return _probe_field(model, name, input_shape, channel)
+    analytic = _analytic(model, name, input_shape, channel)
     if verify:
-        _verify(model, analytic, input_shape)
+        if analytic.method == "analytic":
+            _verify(model, analytic, input_shape)
         if method == "probe":
-            return _probe_field(model, name, input_shape)
+            return _probe_field(model, name, input_shape, channel)
     return analytic
 
 
@@ -279,7 +389,7 @@ class ReceptiveFieldTable(list):
     :meth:`to_markdown` a Markdown one; notebooks show HTML.
     """
 
-    _HEADER = ("layer", "type", "map", "size", "stride", "offset")
+    _HEADER = ("layer", "type", "map", "size", "stride", "offset", "global via")
 
     def _cells(self) -> list[tuple[str, ...]]:
         def dims(values: Iterable[int]) -> str:
@@ -293,6 +403,7 @@ class ReceptiveFieldTable(list):
                 dims(rf.size) + ("" if rf.exact else " (bound)"),
                 dims(rf.stride),
                 str(tuple(rf.offset)),
+                str(len(rf.global_via)) if rf.global_via else "-",
             )
             for name, kind, rf in self
         ]
@@ -328,6 +439,9 @@ _TABLE_TYPES = (
 def receptive_field_table(model: nn.Module, input_shape: Sequence[int]) -> ReceptiveFieldTable:
     """The analytic receptive field of every convolution and pooling layer, in forward order.
 
+    The "global via" column counts the gates and statistics through which a layer's units
+    also depend on the whole input (see :attr:`ReceptiveField.global_via`).
+
     Args:
         model: the network (not modified).
         input_shape: ``(C, H, W)`` without batch.
@@ -340,32 +454,18 @@ def receptive_field_table(model: nn.Module, input_shape: Sequence[int]) -> Recep
         >>> import torchvision
         >>> print(receptive_field_table(torchvision.models.alexnet(), (3, 224, 224))[:2])  # doctest: +SKIP
     """
-    check_model(model)
+    model = check_model(model)
     input_shape = _check_input_shape(input_shape)
-    try:
-        gm, analysis = _rf_graph.analyse(model, input_shape)
-    except _rf_graph.TraceFailed as err:
-        table = ReceptiveFieldTable()
-        for name, module in model.named_modules():
-            if isinstance(module, _TABLE_TYPES):
-                table.append((name, type(module).__name__, _analytic_chain(model, name, input_shape, str(err))))
-        return table
+    analysis = _rf_graph.analyse(model, input_shape)
+    modules = dict(model.named_modules())
     table = ReceptiveFieldTable()
-    seen: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target in seen:
-            continue
-        module = analysis.modules[node.target]
-        if isinstance(module, _TABLE_TYPES):
-            seen.add(node.target)
-            rf = _from_field(analysis.fields.get(node), node, node.target, input_shape)
-            table.append((node.target, type(module).__name__, rf))
+    for name in analysis.order:
+        module = modules[name]
+        snap = analysis.outputs[name]
+        if isinstance(module, _TABLE_TYPES) and snap.kind == "tensor":
+            table.append((name, type(module).__name__, _from_snapshot(model, snap, name, input_shape, None)))
+    table.sort(key=lambda row: analysis.order.index(row[0]))
     return table
-
-
-def _analytic_chain(model: nn.Module, name: str, input_shape: tuple[int, ...], reason: str) -> ReceptiveField:
-    field, output_size = _rf_graph.walk_chain(model, name, input_shape, reason)
-    return _make(field, input_shape, output_size, name)
 
 
 # --------------------------------------------------------------------------------------
@@ -411,7 +511,12 @@ class _PositiveCopy:
 
 
 def measure_support(
-    model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int], units: Sequence[Sequence[int]]
+    model: nn.Module,
+    layer: str | nn.Module,
+    input_shape: Sequence[int],
+    units: Sequence[Sequence[int]],
+    channel: int | None = None,
+    detach_global: bool = False,
 ) -> list[tuple[int, ...] | None]:
     """The input pixels that units of ``layer`` depend on, measured by the probe.
 
@@ -426,6 +531,11 @@ def measure_support(
             ``[N, C, *spatial]``.
         input_shape: ``(C, H, W)`` without batch.
         units: spatial coordinates, e.g. ``[(y, x), ...]``; all channels are seeded.
+        channel: seed only this channel.
+        detach_global: hold gates computed from global statistics (squeeze-excitation)
+            and the statistics of GroupNorm, LayerNorm and InstanceNorm fixed, so that
+            the support is the local field that :func:`receptive_field` reports; with
+            False (default) a unit behind such a gate sees the whole input.
 
     Returns:
         For each unit, the bounding box ``(top, left, bottom, right)`` (half-open) of
@@ -436,12 +546,12 @@ def measure_support(
         >>> measure_support(net, "1", (1, 8, 8), [(0, 0), (3, 2)])
         [(0, 0, 5, 5), (3, 2, 8, 7)]
     """
-    check_model(model)
+    model = check_model(model)
     name, _ = resolve_layer(model, layer)
     input_shape = _check_input_shape(input_shape)
     copy_ = _PositiveCopy(model)
     probe = copy_.model
-    module = dict(probe.named_modules())[name]
+    module = dict(probe.named_modules())[split_layer_spec(name)[0]]
     device = copy_.device
     gen = torch.Generator().manual_seed(1)
     x = (torch.rand((len(units), *input_shape), generator=gen, dtype=torch.float64) + 0.5).to(device)
@@ -449,20 +559,22 @@ def measure_support(
     with torch.enable_grad():
         with ReverseRules("probe"):
             try:
-                out = forward_to_layer(probe, module, (x,), layer_name=name)
+                out = _probe_forward(probe, module, x, name, detach_global)
             except (NotImplementedError, RuntimeError) as err:
                 if "meta" not in str(err):
                     raise
                 copy_.materialize_all()  # a module used another module's weights before that one ran
-                out = forward_to_layer(probe, module, (x,), layer_name=name)
+                out = _probe_forward(probe, module, x, name, detach_global)
         n = len(input_shape) - 1
         if out.dim() != n + 2:
             raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; the probe needs [N, C, *spatial]")
         seed = torch.zeros_like(out)
+        if channel is not None and not 0 <= channel < out.shape[1]:
+            raise ValueError(f"channel={channel} is out of range: layer {name!r} has {out.shape[1]} channels")
         for row, unit in enumerate(units):
             if len(unit) != n or not all(0 <= int(u) < s for u, s in zip(unit, out.shape[2:], strict=True)):
                 raise ValueError(f"units[{row}] = {tuple(unit)} is out of range for the map {tuple(out.shape[2:])}")
-            seed[(row, slice(None), *(int(u) for u in unit))] = 1.0
+            seed[(row, slice(None) if channel is None else channel, *(int(u) for u in unit))] = 1.0
         (grad,) = torch.autograd.grad(out, x, seed, allow_unused=True)
     boxes: list[tuple[int, ...] | None] = []
     for row in range(len(units)):
@@ -474,6 +586,15 @@ def measure_support(
         lo, hi = where.min(0).values, where.max(0).values + 1
         boxes.append((*(int(v) for v in lo), *(int(v) for v in hi)))
     return boxes
+
+
+def _probe_forward(probe: nn.Module, module: nn.Module, x: Tensor, name: str, detach_global: bool) -> Tensor:
+    if not detach_global:
+        return forward_to_layer(probe, module, (x,), layer_name=name)
+    recorder = _rf_graph.FieldRecorder(tuple(x.shape[2:]), detach_global=True)
+    recorder.start(x)
+    with recorder:
+        return forward_to_layer(probe, module, (x,), layer_name=name)
 
 
 def _probe_units(output_size: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -488,16 +609,20 @@ def _probe_units(output_size: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def _layer_output_size(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    module = dict(model.named_modules())[name]
-    with torch.no_grad(), _rf_graph.EvalMode(model):
-        out = forward_to_layer(model, module, (_rf_graph.example_input(model, input_shape),), layer_name=name)
+    module = dict(model.named_modules())[split_layer_spec(name)[0]]
+    with torch.no_grad(), EvalMode(model):
+        out = forward_to_layer(model, module, (example_input(model, input_shape),), layer_name=name)
+    if out.dim() != len(input_shape) + 1:
+        raise ValueError(f"layer {name!r} outputs shape {tuple(out.shape)}; the probe needs [N, C, *spatial]")
     return tuple(out.shape[2:])
 
 
-def _probe_field(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> ReceptiveField:
+def _probe_field(
+    model: nn.Module, name: str, input_shape: tuple[int, ...], channel: int | None = None
+) -> ReceptiveField:
     output_size = _layer_output_size(model, name, input_shape)
     units = _probe_units(output_size)
-    boxes = measure_support(model, name, input_shape, units)
+    boxes = measure_support(model, name, input_shape, units, channel=channel, detach_global=True)
     n, extent = len(output_size), input_shape[1:]
     size: list[int] = []
     stride: list[int] = []
@@ -524,12 +649,16 @@ def _probe_field(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> R
         else:
             stride.append(extent[axis])
         offset.append(start0 - u0 * stride[-1])
-    return ReceptiveField(tuple(size), tuple(stride), tuple(offset), extent, output_size, name, True, "probe")
+    return ReceptiveField(
+        tuple(size), tuple(stride), tuple(offset), extent, output_size, name, True, "probe", channel=channel
+    )
 
 
 def _verify(model: nn.Module, analytic: ReceptiveField, input_shape: tuple[int, ...]) -> None:
     units = _probe_units(analytic.output_size)
-    boxes = measure_support(model, analytic.layer, input_shape, units)
+    boxes = measure_support(
+        model, analytic.layer, input_shape, units, channel=analytic.channel, detach_global=bool(analytic.global_via)
+    )
     n = len(analytic.size)
     for unit, measured in zip(units, boxes, strict=True):
         expected: tuple[int, ...] | None = analytic.clipped_box(*unit)
@@ -539,4 +668,12 @@ def _verify(model: nn.Module, analytic: ReceptiveField, input_shape: tuple[int, 
             raise ReceptiveFieldError(
                 f"analytic and probe receptive fields of layer {analytic.layer!r} disagree at unit {unit}: "
                 f"analytic box (clipped) {expected}, probe support {measured}"
+            )
+    if analytic.global_via:  # with the global paths open, every unit sees the whole input
+        whole = (*(0 for _ in analytic.input_size), *analytic.input_size)
+        opened = measure_support(model, analytic.layer, input_shape, units[:1], channel=analytic.channel)
+        if opened[0] != whole:
+            raise ReceptiveFieldError(
+                f"layer {analytic.layer!r} depends on the whole input through {analytic.global_via[0]!r} by the "
+                f"analysis, but the probe with global paths open sees only {opened[0]} at unit {units[0]}"
             )

@@ -18,7 +18,7 @@ def test_rf_prints_the_vgg16_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rf", "--model", "torchvision:vgg16", "--input-size", "3", "224", "224"]) == 0
     out = capsys.readouterr().out
     pool5 = next(line for line in out.splitlines() if line.startswith("features.30 "))
-    assert pool5.split()[1:] == ["MaxPool2d", "7x7", "212x212", "32x32", "(-90,", "-90)"]
+    assert pool5.split()[1:] == ["MaxPool2d", "7x7", "212x212", "32x32", "(-90,", "-90)", "-"]
 
 
 def test_rf_one_layer_verified_and_markdown(capsys: pytest.CaptureFixture[str]) -> None:

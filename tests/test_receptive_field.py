@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from captum_deconvviz import ReceptiveField, ReceptiveFieldError, receptive_field, receptive_field_table
+from captum_deconvviz import ReceptiveField, receptive_field, receptive_field_table
 from captum_deconvviz.receptive_field import measure_support
 
 
@@ -164,11 +164,12 @@ class Misaligned(nn.Module):
         return self.a(x) + self.b(x)
 
 
-def test_misaligned_paths_raise_and_name_the_nodes() -> None:
-    with pytest.raises(
-        ReceptiveFieldError, match=r"misaligned: 'a' has stride \(2, 2\) and centre \(0\.5, 0\.5\), 'b'"
-    ):
-        receptive_field(Misaligned(), "a", (3, 8, 8)) and receptive_field(nn.Sequential(Misaligned()), "0", (3, 8, 8))
+def test_misaligned_paths_have_the_union_of_their_boxes() -> None:
+    # Unit 0 of the avg-pool path sees pixels 0-1, of the strided 1x1 conv pixel 0: the union is 0-1,
+    # for every unit; the box arithmetic is the union of the two boxes, and the probe agrees.
+    rf = receptive_field(nn.Sequential(Misaligned()), "0", (3, 8, 8), verify=True)
+    assert (rf.size, rf.stride, rf.offset) == ((2, 2), (2, 2), (0, 0))
+    assert rf.clipped_box(3, 1) == (6, 2, 8, 4)
 
 
 def test_aligned_residual_takes_the_largest_field() -> None:
@@ -184,7 +185,7 @@ def test_aligned_residual_takes_the_largest_field() -> None:
     assert rf.size == (7, 7) and rf.offset == (-3, -3)
 
 
-def test_global_pooling_and_squeeze_excitation_see_everything() -> None:
+def test_squeeze_excitation_keeps_the_local_field_and_says_why_it_is_global() -> None:
     class SE(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -195,12 +196,21 @@ def test_global_pooling_and_squeeze_excitation_see_everything() -> None:
             return h * torch.sigmoid(self.fc(F.adaptive_avg_pool2d(h, 1)))
 
     model = nn.Sequential(SE(), nn.Conv2d(4, 4, 3))
-    rf = receptive_field(model, "1", (3, 12, 12), verify=True)
-    assert rf.size == (12, 12)
+    rf = receptive_field(model, "1", (3, 12, 12), verify=True)  # verify: local probe == box, open probe == all
+    assert rf.size == (5, 5) and rf.offset == (-1, -1)
+    assert rf.global_via == ("squeeze-excitation gate at 0",)
+    # With the gate's path open, every unit depends on the whole input; held fixed, on its box only.
     assert all(box == (0, 0, 12, 12) for box in measure_support(model, "1", (3, 12, 12), [(0, 0), (9, 9)]))
+    assert measure_support(model, "1", (3, 12, 12), [(0, 0)], detach_global=True) == [rf.clipped_box(0, 0)]
 
 
-def test_untraceable_chain_falls_back_with_a_warning() -> None:
+def test_global_pooling_sees_everything() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    rf = receptive_field(model, "1", (3, 12, 12), verify=True)
+    assert (rf.size, rf.output_size, rf.global_via) == ((12, 12), (1, 1), ())
+
+
+def test_data_dependent_control_flow_is_analysed_at_the_given_size() -> None:
     class Branchy(nn.Sequential):
         def forward(self, x: Tensor) -> Tensor:
             for layer in self:
@@ -208,26 +218,10 @@ def test_untraceable_chain_falls_back_with_a_warning() -> None:
             return x
 
     net = Branchy(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3))
-    with pytest.warns(UserWarning, match="walking its modules in execution order"):
-        rf = receptive_field(net, "2", (1, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no warning: the ops that ran are the graph
+        rf = receptive_field(net, "2", (1, 16, 16), verify=True)
     assert (rf.size, rf.stride, rf.offset) == ((8, 8), (2, 2), (0, 0))
-    assert receptive_field(net, "2", (1, 16, 16), method="probe").size == (8, 8)
-
-
-def test_untraceable_non_chain_without_probe_is_a_clear_error() -> None:
-    class Untraceable(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            if x.sum() > -1e9:
-                return self.a(x) + self.b(x)
-            return x
-
-    with warnings.catch_warnings(), pytest.raises(ReceptiveFieldError, match="not a plain chain.*method='probe'"):
-        warnings.simplefilter("ignore")
-        receptive_field(Untraceable(), "b", (1, 8, 8))
 
 
 def test_bad_input() -> None:
@@ -244,8 +238,10 @@ def test_bad_input() -> None:
         receptive_field(torchvision.models.vgg16().features, "30", (3, 64, 64), method="probe")
     with pytest.raises(ValueError, match="method must be"):
         receptive_field(net, "1", (3, 16, 16), method="exact")
-    with pytest.raises(ReceptiveFieldError, match="use method='probe'"):
-        receptive_field(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3)), "1", (3, 8, 8))
+    with pytest.raises(ValueError, match="channel=9 is out of range: layer '1' has 4 channels"):
+        receptive_field(net, "1", (3, 16, 16), channel=9)
+    with pytest.raises(TypeError, match="channel must be an int"):
+        receptive_field(net, "1", (3, 16, 16), channel=True)
 
 
 def test_model_state_is_restored(snapshot) -> None:
