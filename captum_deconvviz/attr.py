@@ -52,7 +52,7 @@ class _RuleAttribution(GradientAttribution):
     _rules = "zf"
 
     def __init__(self, model: nn.Module, activations: ActivationPolicy = "rectify") -> None:
-        check_model(model)
+        model = check_model(model)
         GradientAttribution.__init__(self, model)
         self.model = model
         ReverseRules(self._rules, activations)  # validates ``activations`` now, not at attribute()
@@ -200,7 +200,7 @@ class _RuleNeuronAttribution(NeuronAttribution, GradientAttribution):
         device_ids: list[int] | None = None,
         activations: ActivationPolicy = "rectify",
     ) -> None:
-        check_model(model)
+        model = check_model(model)
         self.layer_name, module = resolve_layer(model, layer)
         NeuronAttribution.__init__(self, model, module, device_ids)
         GradientAttribution.__init__(self, model)

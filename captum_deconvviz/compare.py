@@ -295,7 +295,7 @@ def compare_methods(
         >>> result = compare_methods(load_default_model(), images, target=0)
         >>> print(result.table())  # doctest: +SKIP
     """
-    check_model(model)
+    model = check_model(model)
     names = _check_methods(methods)
     (inputs,) = format_inputs(inputs, model)
     layer_module = None
@@ -412,7 +412,7 @@ def randomization_test(
     Returns:
         A :class:`RandomizationResult`; ``.plot()`` draws the curves, ``.table()`` the numbers.
     """
-    check_model(model)
+    model = check_model(model)
     names = _check_methods(methods)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")

@@ -270,7 +270,7 @@ def diagnose(
         >>> diagnosis = diagnose(load_default_model(), default_sample())
         >>> print(diagnosis.table())  # doctest: +SKIP
     """
-    check_model(model)
+    model = check_model(model)
     from . import _datasource
 
     _datasource.check_data(data)

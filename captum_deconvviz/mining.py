@@ -21,7 +21,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _datasource, _distributed, _topk
-from ._forward import EvalMode, _StopForward, check_dtype, check_model, resolve_layer
+from ._forward import (
+    EvalMode,
+    _StopForward,
+    check_dtype,
+    check_model,
+    describe_choices,
+    pick_output,
+    resolve_layer,
+    split_layer_spec,
+)
 from .mining_result import MiningResult, atomic_save
 from .receptive_field import ReceptiveField, receptive_field
 
@@ -46,10 +55,16 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def _as_4d(name: str, tensor: Any) -> Tensor:
+    base, picks = split_layer_spec(name)
+    if picks:
+        tensor = pick_output(tensor, picks, base)
     if isinstance(tensor, tuple) and len(tensor) == 1:
         tensor = tensor[0]
     if not isinstance(tensor, Tensor):
-        raise ValueError(f"layer {name!r} outputs a {type(tensor).__name__}; mining needs a tensor")
+        raise ValueError(
+            f"layer {name!r} outputs a {type(tensor).__name__}; mining needs a tensor: pick one, "
+            f"{describe_choices(tensor, name)}"
+        )
     if tensor.dim() == 4:
         return tensor
     if tensor.dim() == 2:
@@ -187,7 +202,7 @@ def mine_topk(
         >>> result.records("features.9", 0)[0]  # doctest: +SKIP
         Record(index=412, y=3, x=5, value=7.31)
     """
-    check_model(model)
+    model = check_model(model)
     layer_list = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not layer_list:
         raise ValueError("layers is empty: name at least one layer to mine")
@@ -308,7 +323,7 @@ def mine_topk(
             values, key = _topk.nms_candidates(acts, index, k, kernels[name])
         state.merge_candidates(values.float(), key)
 
-    modules = {name: dict(work_model.named_modules())[name] for name in names}
+    modules = {name: dict(work_model.named_modules())[split_layer_spec(name)[0]] for name in names}
     bar = tqdm(total=len(order), initial=start, disable=not progress, unit="img", desc="mining")
     last_save = time.monotonic()
     try:

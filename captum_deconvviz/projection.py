@@ -215,7 +215,7 @@ def project_units(
         >>> project_units(model, "features.7", images, units).shape
         torch.Size([2, 3, 128, 128])
     """
-    check_model(model)
+    model = check_model(model)
     name, module = resolve_layer(model, layer)
     (inputs,) = format_inputs(inputs, model)
     _check_seed(seed)
@@ -370,7 +370,7 @@ def project_records(
         ``units[r, 0]``. Records of one image share its forward pass; their reverse
         passes run together (``torch.autograd.grad(..., is_grads_batched=True)``).
     """
-    check_model(model)
+    model = check_model(model)
     name, module = resolve_layer(model, layer)
     (images,) = format_inputs(images, model)
     _check_seed(seed)

@@ -333,3 +333,33 @@ def test_compiled_models_are_unwrapped() -> None:
     rf = receptive_field(compiled, "2", (3, 12, 12))
     assert rf == receptive_field(model, "2", (3, 12, 12))
     assert [row[0] for row in receptive_field_table(compiled, (3, 12, 12))] == ["0", "2"]
+
+
+def test_tuple_valued_layer_in_mining_and_projections() -> None:
+    from captum_deconvviz import mine_topk, project_units
+
+    model = TupleNet().eval()
+    data = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    result = mine_topk(model, ["stage[1]"], data, k=2, progress=False, verify=True)  # verify: brute force
+    record = result.records("stage[1]", 1)[0]
+    # The projection of the best record equals project_units on the picked output, seeded the same.
+    unit = torch.tensor([[1, record.y, record.x]])
+    expected = project_units(model, "stage[1]", data[record.index : record.index + 1], unit)
+    got = result.projections(model, data, "stage[1]", 1).images[0]  # cropped to the unit's field
+    rf = receptive_field(model, "stage[1]", (3, 12, 12))
+    torch.testing.assert_close(got, rf.crop(expected[0], record.y, record.x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"outputs a list; mining needs a tensor: pick one, stage\[0\], stage\[1\]"):
+        mine_topk(model, ["stage"], data, k=2, progress=False)
+
+
+def test_compiled_models_are_mined_without_dynamo() -> None:
+    from captum_deconvviz import ZFDeconvolution, mine_topk
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(100, 3)).eval()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(4, 3, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no recompile warnings from dynamo
+        assert torch.equal(ZFDeconvolution(compiled).attribute(x, target=0), ZFDeconvolution(model).attribute(x, 0))
+        mined = mine_topk(compiled, ["2"], x, k=2, progress=False)
+    assert mined.records("2", 0) == mine_topk(model, ["2"], x, k=2, progress=False).records("2", 0)
