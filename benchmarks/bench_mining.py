@@ -198,7 +198,7 @@ def main() -> None:
         distinct = len({r.index for r in records})
         layer_med = median_times(
             {
-                "projection": lambda layer=layer: result.projections(model, images, layer),
+                "projection": lambda layer=layer: (result.clear_cache(), result.projections(model, images, layer)),
                 "baseline": lambda layer=layer: forward_backward_to(model, layer, images),
             },
             args.repeats,

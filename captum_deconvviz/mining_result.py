@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _datasource
+from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
 from ._topk import TopKState, exact_mean
 from .receptive_field import ReceptiveField
 
@@ -81,6 +82,11 @@ class MiningResult:
 
     Built by :func:`~captum_deconvviz.mine_topk`; see its documentation. Records are
     kept best first: value descending, ties to the lower dataset index, then y, then x.
+
+    :meth:`patches` and :meth:`projections` keep the crops they compute in a per-result
+    cache bounded by :attr:`cache_limit` bytes, so drawing one channel at a time costs
+    about what one call for the whole layer costs (see :meth:`clear_cache` and
+    docs/mining.md for what the cache is keyed on).
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class MiningResult:
         self.input_shape = tuple(input_shape)
         self.fingerprint = fingerprint
         self.meta = dict(meta or {})
+        self._cache = CropCache(DEFAULT_CACHE_BYTES)
 
     # ---- access ---------------------------------------------------------------------
 
@@ -180,9 +187,18 @@ class MiningResult:
 
         Returns:
             :class:`Crops` (images and valid mask). Channels with fewer than k records
-            are padded with ``fill`` and an all-False mask.
+            are padded with ``fill`` and an all-False mask. The tensors are the caller's
+            own (copies of the cached crops).
+
+        Example:
+            >>> crops = result.patches(data, "features.9", 12)  # doctest: +SKIP
+            >>> crops.images.shape  # k patches of the channel's receptive-field size
+            torch.Size([9, 3, 35, 35])
         """
-        return self._crops(data, layer, channel, fill, lambda images, _units: images)
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+            raise ValueError(f"fill must be a number, got {fill!r}")
+        fill = float(fill)
+        return self._crops(("patches", layer, fill), None, data, layer, channel, fill, lambda images, _units: images)
 
     def projections(
         self,
@@ -196,7 +212,11 @@ class MiningResult:
         """DeconvNet projections of the records, cropped to their receptive fields.
 
         Each record's unit is projected alone (seeded with its activation, or 1 with
-        ``seed="one"``); records of the same image share one forward pass.
+        ``seed="one"``); records of the same image share one forward pass. Asking for
+        the channels of a layer one at a time costs about what one call for the whole
+        layer costs: the second request of a layer computes its missing channels in one
+        batched pass (within :attr:`cache_limit`), and later requests are served from
+        the cache.
 
         Args:
             model: the mined model.
@@ -205,17 +225,113 @@ class MiningResult:
             channel: as in :meth:`patches`.
             seed: ``"activation"`` or ``"one"``.
             rules: ``"zf"`` (DeconvNet) or ``"guided"``.
+
+        Returns:
+            :class:`Crops`: projections ``[k, C, h, w]`` (or ``[channels, k, C, h, w]``)
+            and the valid mask, as in :meth:`patches`.
+
+        Example:
+            >>> for channel in range(result.channels("features.9")):  # doctest: +SKIP
+            ...     projection = result.projections(model, data, "features.9", channel)
         """
         from .projection import project_records
+
+        if seed not in ("activation", "one"):
+            raise ValueError(f"seed must be 'activation' (Zeiler & Fergus) or 'one' (Captum), got {seed!r}")
+        if not isinstance(rules, str):
+            raise ValueError(f"rules must be the name of a rule set ('zf' or 'guided'), got {rules!r}")
 
         def project(images: Tensor, units: Tensor) -> Tensor:
             return project_records(model, layer, images, units, seed=seed, rules=rules)
 
-        return self._crops(data, layer, channel, 0.0, project)
+        return self._crops(("projections", layer, seed, rules), model, data, layer, channel, 0.0, project)
 
-    def _crops(self, data: Any, layer: str, channels: Any, fill: float, make: Any) -> Crops:
+    # ---- the crop cache -------------------------------------------------------------------
+
+    @property
+    def cache_limit(self) -> int:
+        """Bytes of crops the result may keep for :meth:`patches` and :meth:`projections`.
+
+        Default 256 MiB; 0 disables the cache. Lowering it evicts the least recently
+        used channels at once. It also bounds how many channels one call computes ahead.
+        """
+        return self._cache.limit
+
+    @cache_limit.setter
+    def cache_limit(self, value: int) -> None:
+        self._cache.limit = value
+
+    def clear_cache(self) -> None:
+        """Forget every cached patch and projection.
+
+        The cache is keyed on the model (object, submodules, modes, parameters' and
+        buffers' version counters and sampled values) and the data (object, length, and
+        a tensor's version counter), so editing either is noticed. Call this after a
+        change the key cannot see: a forward hook or patched ``forward`` added to the
+        model, or a dataset whose items changed while it kept its identity and length.
+
+        Example:
+            >>> result.clear_cache()  # doctest: +SKIP
+        """
+        self._cache.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        """The cache's state: ``entries`` (channel crops held), ``bytes``, ``limit``, ``hits``, ``misses``.
+
+        Returns:
+            A dict of ints; hits and misses count channels.
+
+        Example:
+            >>> result.cache_info()["bytes"] <= result.cache_limit  # doctest: +SKIP
+            True
+        """
+        return self._cache.info()
+
+    def _crops(
+        self,
+        group: tuple[Any, ...],
+        model: nn.Module | None,
+        data: Any,
+        layer: str,
+        channels: Any,
+        fill: float,
+        make: Callable[[Tensor, Tensor], Tensor],
+    ) -> Crops:
         selection, single = self._selection(layer, channels)
         field = self._field(layer)
+        stamp = self._cache.stamp(model, data)
+        if stamp is None:
+            images, mask = self._compute_crops(data, layer, selection, fill, make, field)
+        else:
+            found, missing, prefetch = self._cache.lookup(group, stamp, selection)
+            if missing:
+                per_channel = self.k * (self.input_shape[0] * 4 + 1) * field.size[0] * field.size[1]
+                # What one computation holds besides its crops: a full-size projection per record.
+                per_channel = max(per_channel, self.k * 4 * _numel(self.input_shape))
+                todo = list(missing)
+                if prefetch:  # a second request of this layer: compute ahead what the bound allows
+                    todo += self._cache.prefetch_channels(group, missing, self.channels(layer), per_channel)
+                computed, computed_mask = self._compute_crops(data, layer, todo, fill, make, field)
+                for i, c in enumerate(todo):
+                    self._cache.store(group, c, computed[i], computed_mask[i])
+                    if c in missing:
+                        found[c] = (computed[i], computed_mask[i])
+            images = torch.stack([found[c][0] for c in selection])
+            mask = torch.stack([found[c][1] for c in selection])
+        if single:
+            return Crops(images[0], mask[0])
+        return Crops(images, mask)
+
+    def _compute_crops(
+        self,
+        data: Any,
+        layer: str,
+        selection: list[int],
+        fill: float,
+        make: Callable[[Tensor, Tensor], Tensor],
+        field: ReceptiveField,
+    ) -> tuple[Tensor, Tensor]:
+        """Crops ``[len(selection), k, C, h, w]`` and masks of the selected channels' records."""
         rows: list[tuple[int, int, Record]] = [
             (c, slot, record) for c in selection for slot, record in enumerate(self.records(layer, c))
         ]
@@ -232,9 +348,7 @@ class MiningResult:
             for (c, slot, record), source in zip(rows, _per_row(sources, batch, units), strict=True):
                 images[position[c], slot] = field.crop(source.float(), record.y, record.x, fill=fill)
                 mask[position[c], slot] = field.valid_mask(record.y, record.x)
-        if single:
-            return Crops(images[0], mask[0])
-        return Crops(images, mask)
+        return images, mask
 
     # ---- checks ---------------------------------------------------------------------
 
@@ -423,6 +537,13 @@ class MiningResult:
         )
         title = html.escape(f"MiningResult: k={self.k}, unique={self.unique}, {self.num_images} images")
         return f"<div><b>{title}</b><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
 
 
 def _per_row(sources: Tensor, batch: Tensor, units: Tensor) -> list[Tensor]:
