@@ -241,7 +241,8 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     used = args.normalization.to_meta()
     loaded = MiningResult.load(args.result) if getattr(args, "result", None) else None
     recorded = loaded.meta.get("normalization") if loaded is not None else None
-    if recorded is not None and recorded != used:  # older results record none: nothing to check
+    # Older results record none: nothing to check. The numbers matter, not the preset's name.
+    if recorded is not None and [recorded["mean"], recorded["std"]] != [used["mean"], used["std"]]:
         raise ValueError(
             f"--result {args.result} was mined with normalization {_describe(recorded)}, but this report would "
             f"use {_describe(used)}: give the same --normalize/--mean/--std as 'deconvviz mine'"

@@ -29,6 +29,11 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
 
 
+def _check_transform(transform: object) -> None:
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be None or a callable on PIL images, got {type(transform).__name__}")
+
+
 def _label_of(relative: Path) -> str | None:
     """ImageFolder layout: the parent folder names the class; flat folders have none."""
     return relative.parts[-2] if len(relative.parts) >= 2 else None
@@ -82,6 +87,7 @@ class ImageFiles(_Labelled):
         limit: int | None = None,
     ) -> None:
         _check_limit(limit)
+        _check_transform(transform)
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"data folder {str(self.root)!r} does not exist or is not a folder")
@@ -125,6 +131,7 @@ class ZipImages(_Labelled):
         interleave: bool = False,
     ) -> None:
         _check_limit(limit)
+        _check_transform(transform)
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"archive {str(self.path)!r} does not exist")

@@ -21,7 +21,7 @@ from torch import nn
 
 import captum_deconvviz.zoo.train as train_module
 from captum_deconvviz.data import ImageFiles, ZipImages, find_cifar10, load_cifar10
-from captum_deconvviz.zoo import CIFAR10_CLASSES
+from captum_deconvviz.zoo import CIFAR10_CLASSES, default_transform
 from captum_deconvviz.zoo.train import train_default_model
 
 
@@ -105,11 +105,14 @@ def test_load_cifar10_says_which_file_is_missing(tmp_path: Path) -> None:
         (lambda root: load_cifar10("test", limit=2.5, root=root), "limit must be None or an int >= 0"),
         (lambda root: ZipImages(root / "test.zip", limit=-3), "limit must be None or an int >= 0"),
         (lambda root: ImageFiles(root, limit=True), "limit must be None or an int >= 0"),
+        (lambda root: ImageFiles(root, transform="resize"), "transform must be None or a callable"),
+        (lambda root: ZipImages(root / "test.zip", transform=32), "transform must be None or a callable"),
+        (lambda root: default_transform(0), "size must be an int >= 1, got 0"),
     ],
 )
 def test_data_arguments_are_checked_before_the_files(tmp_path: Path, call: Callable[[Path], Any], message: str) -> None:
-    # The folder does not exist: a ValueError about the argument proves it was checked first.
-    with pytest.raises(ValueError, match=message):
+    # The folder does not exist: an error about the argument proves it was checked first.
+    with pytest.raises((ValueError, TypeError), match=message):
         call(tmp_path / "nowhere")
 
 

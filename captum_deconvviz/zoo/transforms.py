@@ -25,6 +25,8 @@ def default_transform(size: int = 32) -> Callable[[Image.Image], Tensor]:
         >>> default_transform()(Image.new("RGB", (64, 48))).shape
         torch.Size([3, 32, 32])
     """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be an int >= 1, got {size!r}")
 
     def transform(image: Image.Image) -> Tensor:
         image = image.convert("RGB")
