@@ -20,8 +20,9 @@ Rule sets (:data:`RULE_SETS`):
 * ``"guided"``: Guided Backprop (Springenberg et al. 2015). ReLU backward is
   ``relu(grad) * (input > 0)``; max-pooling as above.
 * ``"probe"``: the receptive-field probe. ReLU family forward and backward are the
-  identity, max-pooling becomes a window sum of the same geometry, so the
-  gradient support of a unit is its whole receptive field.
+  identity, gates (sigmoid, tanh, ...) a bounded surrogate whose gradient never
+  vanishes, max-pooling a window sum of the same geometry, so the gradient support
+  of a unit is its whole receptive field.
 
 Other activations follow the ``activations`` argument, see :class:`ReverseRules`.
 """
@@ -380,7 +381,7 @@ class ReverseRules(TorchFunctionMode):
         if name in MAX_POOL_OPS:
             return self._max_pool(func, name, args, kwargs)
         if self.rules.name == "probe" and name in ELEMENTWISE_GATES:
-            return self._activation(func, name, args, kwargs)
+            return self._probe_gate(func, name, args, kwargs)
         out = func(*args, **kwargs)
         if name not in KNOWN_OPS and _records_grad(out):
             _warn_once(
@@ -402,6 +403,21 @@ class ReverseRules(TorchFunctionMode):
             return func(t, *rest, **kwargs)
 
         return self.rules.relu.apply(x, act, inplace)
+
+    def _probe_gate(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Probe rule for gates (sigmoid, tanh, ...): the bounded surrogate ``1 + x / (1 + |x|)``.
+
+        The identity would let a gated product ``x * gate(mean(x))`` grow quadratically per
+        block until it overflows (EfficientNet's 16 squeeze-excitation blocks), and the gate
+        itself saturates to a zero gradient; the surrogate stays in (0, 2) and its gradient
+        ``1 / (1 + |x|)^2`` never vanishes, so the gradient support is the true dependence.
+        """
+        self._count(name)
+        x = args[0]
+        out = 1 + x / (1 + x.abs())
+        if _is_inplace(func, name, args, kwargs):
+            return x.copy_(out)
+        return out
 
     def _max_pool(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._count(name)
