@@ -90,9 +90,24 @@ HEADER = (
 )
 
 
+def global_reasons(report: sc.ModelReport) -> str:
+    """The ``global_via`` reasons seen, grouped by kind: ``"GroupNorm statistics (53: bn1, ...)"``."""
+    where: dict[str, list[str]] = {}
+    for outcome in report.fields:
+        for reason in outcome.global_via or ():
+            kind, _, place = reason.partition(" at ")
+            if place not in where.setdefault(kind, []):
+                where[kind].append(place)
+    if not where and any(o.global_via is None for o in report.fields if o.kind == sc.PASS):
+        return "n/a (not in the API)"
+    return "; ".join(
+        f"{kind} ({len(places)}: {', '.join(places[:2])}{', ...' if len(places) > 2 else ''})"
+        for kind, places in where.items()
+    )
+
+
 def row(report: sc.ModelReport) -> list[str]:
     """One Markdown table row."""
-    name = report.name if report.source == "timm" else f"tv/{report.name}"
     attr = report.attribution
     if attr is None:
         attribution = "-"
@@ -102,21 +117,19 @@ def row(report: sc.ModelReport) -> list[str]:
         attribution = attr.kind
     passed = sum(o.kind == sc.PASS for o in report.fields)
     bad = next((o for o in report.fields if o.kind != sc.PASS), None)
-    reasons = sorted({r for o in report.fields for r in (o.global_via or ())})
-    if not reasons and any(o.global_via is None for o in report.fields if o.kind == sc.PASS):
-        reasons = ["n/a (not in the API)"]
+    reasons = global_reasons(report)
     mining = "-" if report.mining is None else report.mining.kind
     notes = [report.error] if report.error else []
     notes += [o.note for o in report.outcomes() if o.note]
     notes += [sc.describe(o) for o in (attr, report.mining) if o is not None and o.kind != sc.PASS]
     return [
-        f"`{name}`",
+        f"`{report.key}`",
         report.family,
         str(report.size),
         attribution,
         f"{passed}/{len(report.fields)}",
         cell(sc.describe(bad)) if bad else "",
-        cell("; ".join(reasons), 120),
+        cell(reasons, 200),
         mining,
         f"{report.build_s:.1f} / {report.forward_s:.2f}",
         f"{report.seconds:.0f}",
@@ -137,9 +150,9 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
     n = len(reports)
     by_status: dict[str, list[str]] = {}
     for r in reports:
-        by_status.setdefault(r.status, []).append(r.name)
+        by_status.setdefault(r.status, []).append(r.key)
     supported = len(by_status.get("supported", []))
-    wrong_models = [r.name for r in reports if r.silently_wrong]
+    wrong_models = [r.key for r in reports if r.silently_wrong]
     checks = [o for r in reports for o in r.fields]
     attr = [r.attribution for r in reports if r.attribution is not None]
     inside = sum(o.kind == sc.FAILED for r in reports for o in r.outcomes()) + sum(bool(r.error) for r in reports)
@@ -165,7 +178,7 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
             if r.status == status:
                 problem = r.first_problem()
                 text = r.error or (sc.describe(problem) if problem else "")
-                lines.append(f"  - {status} `{r.name}`: {cell(text, 240)}")
+                lines.append(f"  - {status} `{r.key}`: {cell(text, 240)}")
     return "\n".join(lines)
 
 
@@ -215,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reports.append(report)
         problem = report.first_problem()
         print(
-            f"[{i}/{len(specs)}] {spec.name}: {report.status} in {report.seconds:.0f} s"
+            f"[{i}/{len(specs)}] {report.key}: {report.status} in {report.seconds:.0f} s"
             + (f" ({cell(report.error or sc.describe(problem), 200)})" if problem or report.error else ""),
             file=sys.stderr,
             flush=True,

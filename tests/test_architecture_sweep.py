@@ -74,6 +74,6 @@ def test_sweep_script_renders_its_table() -> None:
     good.mining = sc.Outcome(sc.PASS, "mining layer1")
     bad = sc.ModelReport("b|c", "B", "torchvision", 64, fields=[sc.Outcome(sc.WRONG, "l", "unit (0, 0): x | y")])
     text = script.table([good, bad]) + script.summary([good, bad], 1.0)
-    assert "| `a` | A | 64 | 0.0e+00 | 1/1 |" in text and "GroupNorm statistics at bn1" in text
-    assert "x \\| y" in text and "silently wrong fields: 1 checks in 1 models (b|c)" in text
+    assert "| `a` | A | 64 | 0.0e+00 | 1/1 |" in text and "GroupNorm statistics (1: bn1)" in text
+    assert "x \\| y" in text and "silently wrong fields: 1 checks in 1 models (tv/b|c)" in text
     assert good.status == "supported" and bad.status == "FAILED"
