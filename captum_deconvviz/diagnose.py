@@ -31,8 +31,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._forward import EvalMode, check_model, resolve_layer
-from .mining import mine_topk
+from . import _datasource
+from ._diagnose_pass import activity_sources, stream
+from ._forward import check_model, resolve_layer
+from .mining import mine_topk, model_fingerprint
+from .mining_result import MiningResult
 
 __all__ = [
     "Diagnosis",
@@ -87,13 +90,21 @@ def aliasing_score(dense: Tensor, stride: tuple[int, int]) -> Tensor:
         return torch.full((dense.shape[1],), float("nan"))
     x = dense.detach().double()
     x = x - x.mean(dim=(2, 3), keepdim=True)
-    spectrum = torch.fft.fft2(x).abs().pow(2).sum(0)  # [C, H, W]
-    fy = torch.fft.fftfreq(x.shape[2], dtype=torch.float64).abs()
-    fx = torch.fft.fftfreq(x.shape[3], dtype=torch.float64).abs()
+    # A real map's spectrum is symmetric: the half-spectrum, with the columns that stand for
+    # two (all but DC and, for even widths, Nyquist) counted twice, gives the full sums.
+    half = torch.fft.rfft2(x)
+    spectrum = (half.real.square() + half.imag.square()).sum(0)  # [C, H, W // 2 + 1]
+    twice = torch.full((spectrum.shape[2],), 2.0, dtype=torch.float64, device=spectrum.device)
+    twice[0] = 1.0
+    if x.shape[3] % 2 == 0:
+        twice[-1] = 1.0
+    spectrum = spectrum * twice
+    fy = torch.fft.fftfreq(x.shape[2], dtype=torch.float64, device=x.device).abs()
+    fx = torch.fft.rfftfreq(x.shape[3], dtype=torch.float64, device=x.device)
     outside = (fy[:, None] > 0.5 / stride[0]) | (fx[None, :] > 0.5 / stride[1])
     total = spectrum.flatten(1).sum(1)
-    folded = spectrum[:, outside].sum(1)
-    return torch.where(total > 0, folded / total, torch.zeros_like(total)).float()
+    folded = (spectrum * outside).flatten(1).sum(1)
+    return torch.where(total > 0, folded / total, torch.zeros_like(total)).float().cpu()
 
 
 @dataclass
@@ -175,7 +186,7 @@ class Diagnosis:
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        """The table as escaped HTML, for the report."""
+        """The table as escaped HTML, for the report, followed by the notes (where the numbers come from)."""
         rows = self.table().splitlines()
         head = [c.strip() for c in rows[0].strip("|").split("|")]
         body = [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
@@ -183,6 +194,7 @@ class Diagnosis:
             "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
             + "</tbody></table>"
+            + "".join(f'<p class="note">{html.escape(note)}</p>' for note in self.notes)
         )  # fmt: skip
 
     def plot(self, use_pyplot: bool = True) -> tuple[Figure, np.ndarray]:
@@ -248,8 +260,18 @@ def diagnose(
     batch_size: int = 64,
     max_images: int | None = 1000,
     progress: bool = False,
+    *,
+    result: MiningResult | None = None,
 ) -> Diagnosis:
     """Diagnose ``model`` as Zeiler & Fergus did AlexNet (Sec. 4.1).
+
+    One forward pass per batch over at most ``max_images`` images collects what the
+    data tells (dead filters, aliasing), stopped after the last layer it needs. Given
+    the ``result`` of :func:`~captum_deconvviz.mine_topk` on the same model and data,
+    dead filters come from its statistics wherever they answer exactly (a mined layer,
+    or one linked to it by rectifiers, identity or a max-pool that sees every
+    position), so the data is streamed only for what is left: aliasing, and the dead
+    filters of layers the result cannot answer. ``deconvviz report`` works that way.
 
     Args:
         model: the network (not modified; runs in eval mode).
@@ -257,22 +279,30 @@ def diagnose(
         layers: ``Conv2d`` (and pooling) module names; default every ``Conv2d``
             and every strided pooling layer.
         batch_size: images per forward pass.
-        max_images: use at most this many images (None: all).
-        progress: show progress bars.
+        max_images: use at most this many images (None: all) in the pass.
+        progress: show a progress bar.
+        result: a :class:`~captum_deconvviz.MiningResult` of ``model`` over all of
+            ``data``; its dead filters then cover every mined image.
 
     Returns:
         A :class:`Diagnosis`: per layer, dead filters (never active over the data),
         filter RMS norms (flagged above 0.1), the first layer's high-frequency
-        fractions and noisy filters, and the aliasing score of strided layers.
+        fractions and noisy filters, and the aliasing score of strided layers. Its
+        ``notes`` say where the dead filters came from.
+
+    Raises:
+        ValueError: ``result`` was mined with another model or weights, or on data of
+            another length, or holds one shard only.
 
     Example:
         >>> from captum_deconvviz.zoo import load_default_model, default_sample
-        >>> diagnosis = diagnose(load_default_model(), default_sample())
+        >>> model, data = load_default_model(), default_sample()
+        >>> diagnosis = diagnose(model, data)
         >>> print(diagnosis.table())  # doctest: +SKIP
+        >>> mined = mine_topk(model, ["features.1", "features.9"], data)  # doctest: +SKIP
+        >>> diagnosis = diagnose(model, data, result=mined)  # doctest: +SKIP
     """
     model = check_model(model)
-    from . import _datasource
-
     _datasource.check_data(data)
     if layers is None:
         layers = [
@@ -283,22 +313,39 @@ def diagnose(
     names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
     if not names:
         raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
     total = _datasource.length(data)
+    if total == 0:
+        raise ValueError("data is empty: there is nothing to diagnose")
+    if result is not None:
+        _check_result(result, model, total)
+    modules = dict(model.named_modules())
+    sources: dict[str, str] = {}
+    if result is not None:
+        sources = activity_sources(model, names, result.layers, _datasource.fetch(data, [0]))
     if max_images is not None and total > max_images:
         if isinstance(data, Tensor):
             data = data[:max_images]
         else:
             data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
-    stats = mine_topk(model, names, data, k=1, batch_size=batch_size, progress=progress)
-    modules = dict(model.named_modules())
+    strided = {name: _score_of for name in names if _stride_of(modules[name]) is not None}
+    missing = [name for name in names if name not in sources]
+    active: dict[str, Tensor] = {}
+    aliasing: dict[str, Tensor] = {}
+    streamed = 0
+    if missing or strided:
+        active, aliasing, streamed = stream(model, missing, strided, data, batch_size, progress)
     first_conv = next(
         (n for n in names if isinstance(modules[n], nn.Conv2d) and modules[n].in_channels in (1, 3)), None
     )
-    aliasing = _aliasing(model, [n for n in names if _stride_of(modules[n]) is not None], data, batch_size)
     results = []
     for name in names:
         module = modules[name]
-        entry = LayerDiagnosis(name, type(module).__name__, stats.stats(name).dead)
+        dead = result.stats(sources[name]).dead if name in sources else active[name] == 0  # type: ignore[union-attr]
+        entry = LayerDiagnosis(name, type(module).__name__, dead)
         if isinstance(module, nn.Conv2d):
             entry.rms = filter_rms(module.weight)
             if name == first_conv:
@@ -306,38 +353,36 @@ def diagnose(
         if name in aliasing:
             entry.stride, entry.aliasing = _stride_of(module), aliasing[name]
         results.append(entry)
-    return Diagnosis(results, stats.num_images)
+    notes = []
+    if sources:
+        pairs = ", ".join(f"{name} from {source}" for name, source in sources.items())
+        notes.append(f"Dead filters over the {result.num_images} mined images, from the mining statistics: {pairs}.")  # type: ignore[union-attr]
+    if missing:
+        notes.append(f"Dead filters over {streamed} images: {', '.join(missing)}.")
+    if aliasing:
+        notes.append(f"Aliasing over {streamed} images.")
+    images = streamed if missing or result is None else result.num_images
+    return Diagnosis(results, images, notes)
 
 
-def _aliasing(model: nn.Module, names: list[str], data: Any, batch_size: int) -> dict[str, Tensor]:
-    from . import _datasource
+def _check_result(result: Any, model: nn.Module, total: int) -> None:
+    if not isinstance(result, MiningResult):
+        raise TypeError(f"result must be a MiningResult (from mine_topk), got {type(result).__name__}")
+    if result.fingerprint != model_fingerprint(model):
+        raise ValueError("result was mined with another model (or other weights): mine this model, or leave result out")
+    length = result.meta.get("dataset_length")
+    if length is not None and length != total:
+        raise ValueError(f"result was mined on data of {length} images, but data has {total}")
+    if result.num_images != total:
+        raise ValueError(
+            f"result covers {result.num_images} of the {total} images (one shard?): merge the shards with "
+            "MiningResult.merge, or leave result out"
+        )
 
-    if not names:
-        return {}
-    modules = dict(model.named_modules())
-    energy: dict[str, list[Tensor]] = {n: [] for n in names}
-    handles = []
 
-    def make(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
-            dense = _dense_response(module, inputs[0])
-            energy[name].append(aliasing_score(dense, _stride_of(module)) * dense.shape[0])
-
-        return hook
-
-    for name in names:
-        handles.append(modules[name].register_forward_hook(make(name)))
-    try:
-        with torch.no_grad(), EvalMode(model):
-            count = 0
-            for _, images in _datasource.batches(data, batch_size):
-                device = next((p.device for p in model.parameters()), images.device)
-                model(images.to(device))
-                count += len(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {n: torch.stack(v).sum(0) / count for n, v in energy.items()}
+def _score_of(module: nn.Module, inputs: Tensor) -> Tensor:
+    """The aliasing score of one batch: the module's dense response, and the energy its stride folds."""
+    return aliasing_score(_dense_response(module, inputs), _stride_of(module))  # type: ignore[arg-type]
 
 
 def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: Iterable[nn.Module] | None = None) -> int:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from captum_deconvviz import mine_topk
 from captum_deconvviz.diagnose import (
     aliasing_score,
     diagnose,
@@ -119,3 +123,121 @@ def test_plot_html_and_feature_evolution(images: torch.Tensor) -> None:
         pair = axes[0, col, 0].get_position().x0, axes[0, col, 1].get_position().x1
         assert abs(text.get_position()[0] - sum(pair) / 2) < 1e-9
     assert [axes[r, 0, 0].get_ylabel() for r in range(2)] == ["#0", "#3"]
+
+
+def _dead_by_forward(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """Independent: every layer's output for all images, dead = never positive anywhere."""
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:  # returns None: the output stays the module's
+            outputs.setdefault(name, out.detach().clone())
+
+        return hook
+
+    hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return {n: ~(outputs[n] > 0).flatten(2).any(2).any(0) for n in names}
+
+
+def _half_dead_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = ZFNetCIFAR((16, 16, 16, 16)).eval()
+    with torch.no_grad():
+        model.features[0].weight[[2, 9]] = 0.0
+        model.features[0].bias[[2, 9]] = -0.5
+        model.features[6].bias[:5] = -50.0  # conv3 channels 0-4 never fire
+    return model
+
+
+def test_diagnose_reuses_the_mining_statistics_in_one_pass(
+    images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _half_dead_model()
+    plain = diagnose(model, images, batch_size=16)
+    result = mine_topk(model, ["features.1", "features.4", "features.7", "features.9"], images, k=3, progress=False)
+    names = [layer.name for layer in plain.layers]
+    truth = _dead_by_forward(model, images, names)
+    assert truth["features.6"][:5].all() and truth["features.0"].nonzero().flatten().tolist() == [2, 9]
+
+    diagnose_module = sys.modules["captum_deconvviz.diagnose"]
+    monkeypatch.setattr(diagnose_module, "mine_topk", lambda *a, **k: pytest.fail("diagnose mined again"))
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0])))
+    reused = diagnose(model, images, batch_size=16, result=result)
+    # One probe forward on one image, then one pass over the data: 60 images in batches of 16.
+    assert batches == [1, 16, 16, 16, 12]
+    for name in names:
+        assert torch.equal(reused[name].dead, truth[name]), name
+        assert torch.equal(plain[name].dead, truth[name]), name
+        if plain[name].aliasing is not None:
+            assert torch.equal(reused[name].aliasing, plain[name].aliasing)
+    assert reused.table() == plain.table()
+    assert "from the mining statistics: features.0 from features.1, features.2 from features.1" in reused.to_html()
+
+
+def test_only_exact_links_reuse_the_statistics(images: torch.Tensor) -> None:
+    class Shift(nn.Module):  # an in-place op no rectifier explains: activity changes
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x[:, :4] -= 1000.0
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 0: linked to the mined ReLU 1
+        nn.ReLU(),  # 1: mined
+        nn.MaxPool2d(2, stride=3),  # 2: stride > kernel skips positions: not linked
+        nn.Conv2d(8, 8, 3, padding=1),  # 3: followed by Tanh: not linked
+        nn.Tanh(),  # 4: mined
+        nn.Conv2d(8, 8, 3, padding=1),  # 5: mined itself, then shifted in place
+        Shift(),  # 6
+        nn.ReLU(inplace=True),  # 7
+        nn.MaxPool2d(3, stride=2, padding=1),  # 8: its input was shifted after 5 was mined: not linked
+    ).eval()
+    with torch.no_grad():
+        model[5].bias.fill_(0.2)
+    data = images[:20]
+    result = mine_topk(model, ["1", "4", "5"], data, k=2, progress=False)
+    names = ["0", "2", "3", "5", "8"]
+    from captum_deconvviz._diagnose_pass import activity_sources
+
+    assert activity_sources(model, names, result.layers, data[:1]) == {"0": "1", "5": "5"}
+    diagnosis = diagnose(model, data, layers=names, result=result)
+    truth = _dead_by_forward(model, data, names)
+    for name in names:
+        assert torch.equal(diagnosis[name].dead, truth[name]), name
+    assert truth["8"].tolist() == [True] * 4 + [False] * 4 and not truth["5"].any()  # the shift kills 4 channels
+
+
+def test_diagnose_refuses_a_result_of_other_weights_or_data(images: torch.Tensor) -> None:
+    model = _half_dead_model()
+    result = mine_topk(model, ["features.1"], images, k=2, progress=False)
+    with pytest.raises(TypeError, match="result must be a MiningResult"):
+        diagnose(model, images, result="mined.pt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="data of 60 images, but data has 59"):
+        diagnose(model, images[:59], result=result)
+    shard = mine_topk(model, ["features.1"], images, k=2, progress=False, shard=(0, 2))
+    with pytest.raises(ValueError, match="covers 30 of the 60 images"):
+        diagnose(model, images, result=shard)
+    with torch.no_grad():
+        model.features[3].weight.mul_(2)
+    with pytest.raises(ValueError, match="another model"):
+        diagnose(model, images, result=result)
+    with pytest.raises(ValueError, match="max_images must be a positive int"):
+        diagnose(model, images, max_images=0)
+
+
+def test_aliasing_score_equals_the_full_spectrum_sums() -> None:
+    torch.manual_seed(0)
+    for shape, stride in (((3, 4, 12, 12), (2, 2)), ((2, 3, 9, 7), (3, 2)), ((1, 2, 8, 11), (2, 4))):
+        dense = torch.randn(shape).double()
+        x = dense.numpy() - dense.numpy().mean(axis=(2, 3), keepdims=True)
+        power = (np.abs(np.fft.fft2(x)) ** 2).sum(0)  # [C, H, W], the whole spectrum
+        fy, fx = np.abs(np.fft.fftfreq(shape[2])), np.abs(np.fft.fftfreq(shape[3]))
+        outside = (fy[:, None] > 0.5 / stride[0]) | (fx[None, :] > 0.5 / stride[1])
+        expected = power[:, outside].sum(1) / power.reshape(shape[1], -1).sum(1)
+        np.testing.assert_allclose(aliasing_score(dense, stride).numpy(), expected, rtol=1e-6)
