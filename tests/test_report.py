@@ -127,3 +127,31 @@ def test_report_renders_in_a_real_browser(evil_report: Path, tmp_path: Path) -> 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10, "the screenshot is blank"
     assert (pixels < 128).mean() > 0.01, "nothing dark (text, figures) was drawn"
+
+
+def test_report_projects_each_record_once_and_diagnoses_from_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import captum_deconvviz.projection as projection_module
+    from captum_deconvviz.diagnose import diagnose
+
+    sample = default_sample()
+    images = torch.stack([sample[i * 25][0] for i in range(40)])
+    torch.manual_seed(0)
+    model = ZFNetCIFAR((8, 8, 8, 8)).eval()
+    layers = ["features.1", "features.9"]
+    result = mine_topk(model, layers, images, k=3, progress=False)
+    projected: list[int] = []
+    original = projection_module.project_records
+
+    def counting(*args: object, **kwargs: object) -> Tensor:
+        projected.append(len(args[3]))  # the records of this call
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(projection_module, "project_records", counting)
+    diagnosis = diagnose(model, images, result=result)
+    write_report(tmp_path, model, images, result, diagnosis=diagnosis, progress=False)
+    # The hierarchy figure and the per-channel gallery share the cached projections.
+    assert sum(projected) == sum(len(result.records(lay, c)) for lay in layers for c in range(result.channels(lay)))
+    page = (tmp_path / "index.html").read_text()
+    assert "Dead filters over the 40 mined images, from the mining statistics" in page
