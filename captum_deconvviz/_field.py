@@ -225,6 +225,8 @@ class Field:
         via: reasons for a global dependence through statistics or gates.
         hidden: when a reshape merged spatial dims with others, the field before it and
             the shape it had, so that the inverse reshape restores it.
+        gate: a global statistic expanded over the map (``y.expand_as(x)`` in ECA): it
+            multiplies a path, it is not one.
     """
 
     dims: tuple[int | None, ...]
@@ -232,6 +234,7 @@ class Field:
     segs: tuple[Seg, ...]
     via: frozenset[str] = frozenset()
     hidden: tuple[Field, tuple[int, ...]] | None = None
+    gate: bool = False
 
     @property
     def is_global(self) -> bool:

@@ -174,6 +174,8 @@ INDEX_OPS = RESHAPE_OPS | frozenset(
         "__get__T", "__get__mT",
     }
 )  # fmt: skip
+#: Ops whose second tensor gives only a shape or a dtype.
+SHAPE_LIKE_OPS = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})
 #: Interpolation: resampling whose reach is read from the op itself.
 RESAMPLE_OPS = frozenset({"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"})
 CONCAT_OPS = frozenset({"cat", "concat", "concatenate"})

@@ -26,6 +26,7 @@ receptive field of layers downstream of it comes from the gradient probe.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,6 +85,8 @@ def apply(
     """The field (or, for tuple outputs, the list of fields) of ``out``."""
     first = args[0] if args else kwargs.get("input")
     first_field = rec.get(first) if isinstance(first, Tensor) else None
+    if name in ops.SHAPE_LIKE_OPS:  # x.expand_as(y): y gives a shape, not values
+        sources = [(t, f) for t, f in sources if t is first]
     if name in ops.IDENTITY_OPS and isinstance(first_field, Field) and _only_source(sources, first):
         return first_field
     kind = geometry.op_kind(name)
@@ -413,6 +416,8 @@ def _index(
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if f.is_global:
         fields: list[Field | None] = [_global_from(rec, o, f) if isinstance(o, Tensor) else None for o in outs]
+        if f.gate or _broadcasts_space(f, x, outs):
+            fields = [replace(fl, gate=True) if fl is not None else None for fl in fields]
         return fields if isinstance(out, (tuple, list)) else fields[0]
     if f.hidden is not None:
         fields = [_hidden_index(rec, name, o, f) if isinstance(o, Tensor) else None for o in outs]
@@ -430,6 +435,13 @@ def _index(
         else:
             fields.append(None)
     return fields if isinstance(out, (tuple, list)) else fields[0]
+
+
+def _broadcasts_space(f: Field, x: Tensor, outs: list[Any]) -> bool:
+    """A global statistic with size-1 spatial dims expanded to a map (``expand``, ``repeat``)."""
+    if not any(x.shape[d] == 1 for d, a in enumerate(f.dims) if a is not None):
+        return False
+    return any(isinstance(o, Tensor) and o.dim() == x.dim() and o.numel() > x.numel() for o in outs)
 
 
 def _hidden_index(rec: FieldRecorder, name: str, out: Tensor, f: Field) -> Field:
@@ -590,6 +602,8 @@ def _is_gate(t: Tensor, f: Field, out_shape: Sequence[int]) -> bool:
     """A global tensor broadcast over the map: a gate or a statistic, not a path."""
     if not f.is_global:
         return False
+    if f.gate:
+        return True
     offset = len(out_shape) - t.dim()
     return any(a is not None and t.shape[d] == 1 and out_shape[d + offset] > 1 for d, a in enumerate(f.dims))
 

@@ -624,33 +624,35 @@ def _probe_field(
     units = _probe_units(output_size)
     boxes = measure_support(model, name, input_shape, units, channel=channel, detach_global=True)
     n, extent = len(output_size), input_shape[1:]
+    if all(b is None for b in boxes):
+        raise ValueError(f"layer {name!r} does not depend on the input: the probe finds no support")
     size: list[int] = []
     stride: list[int] = []
     offset: list[int] = []
+    exact = True
     for axis in range(n):
         along = [
-            (u[axis], b)
+            (u[axis], b[axis], b[axis + n])
             for u, b in zip(units, boxes, strict=True)
             if b is not None and all(u[a] == output_size[a] // 2 for a in range(n) if a != axis)
         ]
-        whole = [(u, b[axis], b[axis + n]) for u, b in along if b[axis] > 0 and b[axis + n] < extent[axis]]
-        if not whole:
-            raise ValueError(
-                f"input_shape={input_shape} is too small for the probe: every probed unit of layer {name!r} sees "
-                f"the input up to its border on axis {axis}, so its field size cannot be measured. Use "
-                "method='analytic', or a larger input_shape"
-            )
-        u0, start0, stop0 = whole[0]
-        size.append(stop0 - start0)
-        starts = sorted({(u, start) for u, start, stop in ((u, b[axis], b[axis + n]) for u, b in along) if start > 0})
-        if output_size[axis] > 1 and len(starts) >= 2:
+        starts = sorted({(u, start) for u, start, _ in along if start > 0})
+        if output_size[axis] > 1 and len(starts) >= 2 and starts[0][0] != starts[-1][0]:
             (ua, sa), (ub, sb) = starts[0], starts[-1]
-            stride.append((sb - sa) // (ub - ua) if ub != ua else extent[axis])
+            stride.append((sb - sa) // (ub - ua))
         else:
             stride.append(extent[axis])
-        offset.append(start0 - u0 * stride[-1])
+        whole = [(u, start, stop) for u, start, stop in along if start > 0 and stop < extent[axis]]
+        if whole:  # a unit whose field lies inside the input: its box is measured exactly
+            u0, start0, stop0 = whole[0]
+            size.append(stop0 - start0)
+            offset.append(start0 - u0 * stride[-1])
+        else:  # every probed unit reaches a border: the smallest box containing every measured one
+            exact = False
+            offset.append(min(start - u * stride[-1] for u, start, _ in along))
+            size.append(max(stop - u * stride[-1] for u, _, stop in along) - offset[-1])
     return ReceptiveField(
-        tuple(size), tuple(stride), tuple(offset), extent, output_size, name, True, "probe", channel=channel
+        tuple(size), tuple(stride), tuple(offset), extent, output_size, name, exact, "probe", channel=channel
     )
 
 
