@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from . import _geometry as geometry
 from ._ops import (
     ELEMENTWISE_GATES,
     GATE_OPS,
@@ -61,6 +62,8 @@ __all__ = [
     "ReverseRules",
     "RuleSet",
     "activation_rule",
+    "register_rule_set",
+    "rule_set",
 ]
 
 ActivationPolicy = Literal["rectify", "gradient", "raise"]
@@ -166,25 +169,106 @@ class _SwitchUnpool(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class RuleSet:
-    """A named choice of reverse rules.
+    """A named choice of reverse rules, which :class:`ReverseRules` delegates to.
+
+    A new rule set is one :func:`register_rule_set` call in this module (zennit registers
+    composites the same way); the mode, the projections and the Captum classes look it
+    up by name and never compare names.
 
     Attributes:
-        name: ``"zf"``, ``"guided"`` or ``"probe"``.
+        name: the key in :data:`RULE_SETS`, e.g. ``"zf"``.
         relu: the autograd Function applied to ReLU (and, under ``activations="rectify"``,
             to ReLU-like activations).
+        relu_words: that rule in words, for the docs' support tables.
         pool: ``"switches"`` (DeconvNet switch unpooling) or ``"window_sum"`` (probe).
+        relu_like_always: give ReLU-like activations the ReLU rule whatever the
+            ``activations`` policy says (the probe maps dependence, not values).
+        gate_surrogate: the forward that elementwise gates (sigmoid, tanh, ...) get, or
+            None to keep them (plain gradient).
+        projects: usable for unit projections (``project_units``), i.e. an attribution
+            rule and not a measuring device.
     """
 
     name: str
     relu: type[torch.autograd.Function]
-    pool: Literal["switches", "window_sum"]
+    relu_words: str
+    pool: Literal["switches", "window_sum"] = "switches"
+    relu_like_always: bool = False
+    gate_surrogate: Callable[[Tensor], Tensor] | None = None
+    projects: bool = True
+
+    def pool_words(self) -> str:
+        return "switch unpooling (sum on overlap)" if self.pool == "switches" else "window sum"
 
 
-RULE_SETS: dict[str, RuleSet] = {
-    "zf": RuleSet("zf", _RectifyBackward, "switches"),
-    "guided": RuleSet("guided", _GuidedBackward, "switches"),
-    "probe": RuleSet("probe", _IdentityActivation, "window_sum"),
-}
+RULE_SETS: dict[str, RuleSet] = {}
+
+
+def register_rule_set(rule_set: RuleSet) -> RuleSet:
+    """Make ``rule_set`` available by its name to :class:`ReverseRules` and every entry point.
+
+    Args:
+        rule_set: the rules; its ``name`` must be new.
+
+    Returns:
+        ``rule_set``.
+
+    Example:
+        >>> import torch
+        >>> class _Flip(torch.autograd.Function):  # a toy rule: reverse the sign
+        ...     @staticmethod
+        ...     def forward(ctx, x, act, inplace):
+        ...         return act(x)
+        ...     @staticmethod
+        ...     def backward(ctx, grad):
+        ...         return -grad, None, None
+        >>> _ = register_rule_set(RuleSet("flip_demo", _Flip, "-grad"))
+        >>> "flip_demo" in RULE_SETS
+        True
+        >>> del RULE_SETS["flip_demo"]
+    """
+    if not isinstance(rule_set, RuleSet):
+        raise TypeError(f"rule_set must be a RuleSet, got {type(rule_set).__name__}")
+    if rule_set.name in RULE_SETS:
+        raise ValueError(f"a rule set named {rule_set.name!r} is already registered")
+    RULE_SETS[rule_set.name] = rule_set
+    return rule_set
+
+
+def rule_set(rules: str | RuleSet, projecting: bool = False) -> RuleSet:
+    """Look up a rule set by name (or pass one through), with a clear error.
+
+    Args:
+        rules: a name from :data:`RULE_SETS`, or a :class:`RuleSet`.
+        projecting: refuse rule sets that are not attribution rules (the probe).
+    """
+    if isinstance(rules, RuleSet):
+        found = rules
+    elif isinstance(rules, str):
+        if rules not in RULE_SETS:
+            raise ValueError(f"rules must be one of {sorted(RULE_SETS)}, got {rules!r}")
+        found = RULE_SETS[rules]
+    else:
+        raise TypeError(f"rules must be a str or RuleSet, got {type(rules).__name__}")
+    if projecting and not found.projects:
+        usable = sorted(n for n, r in RULE_SETS.items() if r.projects)
+        raise ValueError(f"rules must be one of {usable} for projections, got {found.name!r}")
+    return found
+
+
+def _bounded_gate(x: Tensor) -> Tensor:
+    """``1 + x / (1 + |x|)``: in (0, 2), with a gradient that never vanishes.
+
+    The probe gives gates this forward: the identity would let a gated product
+    ``x * gate(mean(x))`` grow quadratically per block until it overflows (EfficientNet's
+    16 squeeze-excitation blocks), and a real sigmoid saturates to a zero gradient.
+    """
+    return 1 + x / (1 + x.abs())
+
+
+register_rule_set(RuleSet("zf", _RectifyBackward, "rectify: relu(grad)"))
+register_rule_set(RuleSet("guided", _GuidedBackward, "guided: relu(grad) * (input > 0)"))
+register_rule_set(RuleSet("probe", _IdentityActivation, "identity", "window_sum", True, _bounded_gate, projects=False))
 
 
 def activation_rule(op_name: str, rules: str = "zf", activations: ActivationPolicy = "rectify") -> str:
@@ -192,7 +276,7 @@ def activation_rule(op_name: str, rules: str = "zf", activations: ActivationPoli
 
     Args:
         op_name: the op's name as torch reports it, e.g. ``"relu"``, ``"hardtanh"``.
-        rules: the rule set, ``"zf"``, ``"guided"`` or ``"probe"``.
+        rules: the rule set, a name from :data:`RULE_SETS`.
         activations: the policy for ReLU-like activations (see :class:`ReverseRules`).
 
     Returns:
@@ -202,17 +286,17 @@ def activation_rule(op_name: str, rules: str = "zf", activations: ActivationPoli
         >>> activation_rule("gelu")
         'rectify: relu(grad)'
     """
-    relu_rule = {
-        "zf": "rectify: relu(grad)",
-        "guided": "guided: relu(grad) * (input > 0)",
-        "probe": "identity",
-    }[rules]
+    found = rule_set(rules)
     if op_name in RELU_OPS or op_name in RELU_SPELLINGS:
-        return relu_rule
+        return found.relu_words
     if op_name in RELU_LIKE_OPS:
-        return {"rectify": relu_rule, "gradient": "plain gradient", "raise": "error"}[activations]
+        if found.relu_like_always:
+            return found.relu_words
+        return {"rectify": found.relu_words, "gradient": "plain gradient", "raise": "error"}[activations]
     if op_name in MAX_POOL_OPS:
-        return "switch unpooling (sum on overlap)" if rules != "probe" else "window sum"
+        return found.pool_words()
+    if found.gate_surrogate is not None and op_name in ELEMENTWISE_GATES:
+        return "bounded surrogate"
     if op_name in GATE_OPS or op_name in NORM_OPS:
         return "plain gradient"
     if op_name in LINEAR_OPS:
@@ -274,23 +358,12 @@ def _is_relu_spelling(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 def _pool_geometry(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Normalize the arguments of every max-pooling spelling to one dict."""
-    spatial = int(name.split("pool")[1][0])  # "max_pool2d_with_indices" -> 2
-    if "adaptive" in name:
-        keys = ("input", "output_size", "return_indices")
-    else:
-        keys = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    bound = dict(zip(keys, args, strict=False))
-    bound.update(kwargs)
-    bound["spatial_dims"] = spatial
+    """Every max-pooling spelling's arguments by name, with its window (see ``_geometry``)."""
+    bound = geometry.bind_call(name, args, kwargs)
+    bound["spatial_dims"] = geometry.spatial_dims_of(name)
+    if "adaptive" not in name:
+        bound["window"] = geometry.window_from_call(name, args, kwargs)
     return bound
-
-
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    return value * n if len(value) == 1 else value
 
 
 # --------------------------------------------------------------------------------------
@@ -336,12 +409,7 @@ class ReverseRules(TorchFunctionMode):
         record_switches: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(rules, str):
-            if rules not in RULE_SETS:
-                raise ValueError(f"rules must be one of {sorted(RULE_SETS)}, got {rules!r}")
-            rules = RULE_SETS[rules]
-        elif not isinstance(rules, RuleSet):
-            raise TypeError(f"rules must be a str or RuleSet, got {type(rules).__name__}")
+        rules = rule_set(rules)
         if activations not in _ACTIVATION_POLICIES:
             raise ValueError(f"activations must be one of {_ACTIVATION_POLICIES}, got {activations!r}")
         self.rules = rules
@@ -367,7 +435,7 @@ class ReverseRules(TorchFunctionMode):
         if name in RELU_OPS or (name in RELU_SPELLINGS and _is_relu_spelling(name, args, kwargs)):
             return self._activation(func, name, args, kwargs)
         if name in RELU_LIKE_OPS:
-            if self.rules.name == "probe":
+            if self.rules.relu_like_always:
                 return self._activation(func, name, args, kwargs)
             if self.activations == "gradient":
                 return func(*args, **kwargs)
@@ -380,8 +448,8 @@ class ReverseRules(TorchFunctionMode):
             return self._activation(func, name, args, kwargs)
         if name in MAX_POOL_OPS:
             return self._max_pool(func, name, args, kwargs)
-        if self.rules.name == "probe" and name in ELEMENTWISE_GATES:
-            return self._probe_gate(func, name, args, kwargs)
+        if self.rules.gate_surrogate is not None and name in ELEMENTWISE_GATES:
+            return self._gate(func, name, args, kwargs, self.rules.gate_surrogate)
         out = func(*args, **kwargs)
         if name not in KNOWN_OPS and _records_grad(out):
             _warn_once(
@@ -404,20 +472,18 @@ class ReverseRules(TorchFunctionMode):
 
         return self.rules.relu.apply(x, act, inplace)
 
-    def _probe_gate(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Probe rule for gates (sigmoid, tanh, ...): the bounded surrogate ``1 + x / (1 + |x|)``.
-
-        The identity would let a gated product ``x * gate(mean(x))`` grow quadratically per
-        block until it overflows (EfficientNet's 16 squeeze-excitation blocks), and the gate
-        itself saturates to a zero gradient; the surrogate stays in (0, 2) and its gradient
-        ``1 / (1 + |x|)^2`` never vanishes, so the gradient support is the true dependence.
-        """
+    def _gate(
+        self,
+        func: Callable[..., Any],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        surrogate: Callable[[Tensor], Tensor],
+    ) -> Any:
+        """An elementwise gate replaced by the rule set's surrogate (in place if the op is)."""
         self._count(name)
-        x = args[0]
-        out = 1 + x / (1 + x.abs())
-        if _is_inplace(func, name, args, kwargs):
-            return x.copy_(out)
-        return out
+        out = surrogate(args[0])
+        return args[0].copy_(out) if _is_inplace(func, name, args, kwargs) else out
 
     def _max_pool(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._count(name)
@@ -464,16 +530,13 @@ _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def _max_pool_with_indices(x: Tensor, geo: dict[str, Any], n: int, adaptive: bool) -> tuple[Tensor, Tensor]:
     if adaptive:
         return _ADAPTIVE_MAX_POOL_FN[n](x, geo["output_size"], return_indices=True)
-    kernel = geo["kernel_size"]
-    stride = geo.get("stride")
-    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
-        stride = kernel
+    window: geometry.WindowSpec = geo["window"]
     return _MAX_POOL_FN[n](
         x,
-        kernel,
-        stride,
-        geo.get("padding", 0),
-        geo.get("dilation", 1),
+        window.kernel,
+        window.stride,
+        window.before,
+        window.dilation,
         ceil_mode=bool(geo.get("ceil_mode", False)),
         return_indices=True,
     )
@@ -486,11 +549,8 @@ def _window_sum(x: Tensor, geo: dict[str, Any], n: int, adaptive: bool) -> Tenso
     # The output shape, including ceil_mode's extra windows, comes from the real op.
     with torch.no_grad():
         ref, _ = _max_pool_with_indices(x.detach(), geo, n, adaptive=False)
-    kernel = _tuple(geo["kernel_size"], n)
-    stride = geo.get("stride")
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tuple(stride, n)
-    padding = _tuple(geo.get("padding", 0), n)
-    dilation = _tuple(geo.get("dilation", 1), n)
+    window: geometry.WindowSpec = geo["window"]
+    kernel, stride, padding, dilation = window.kernel, window.stride, window.before, window.dilation
     out_shape = ref.shape[-n:]
     # Pad on the far side so that ceil_mode's last window exists; zeros add no support.
     pads: list[int] = []

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
 from ._geometry import box_slices
 from .cropped import CroppedPlan, cropped_plan
-from .engine import ActivationPolicy, ReverseRules
+from .engine import ActivationPolicy, ReverseRules, rule_set
 
 __all__ = ["Seed", "neuron_seed", "project_records", "project_units"]
 
@@ -219,8 +219,7 @@ def project_units(
     name, module = resolve_layer(model, layer)
     (inputs,) = format_inputs(inputs, model)
     _check_seed(seed)
-    if rules not in ("zf", "guided"):
-        raise ValueError(f"rules must be 'zf' or 'guided', got {rules!r}")
+    rules = rule_set(rules, projecting=True).name
     if not isinstance(units, Tensor) or units.is_floating_point() or units.is_complex() or units.dtype == torch.bool:
         kind = units.dtype if isinstance(units, Tensor) else type(units).__name__
         raise TypeError(f"units must be an integer tensor [N, k], got {kind}")
@@ -291,7 +290,10 @@ def _project_cropped(
     out = torch.zeros_like(images)
     for row in range(images.shape[0]):
         inside, local = box_slices(starts[row].tolist(), projection.shape[2:], images.shape[2:])
-        out[(row, slice(None), *inside)] = projection[(row, slice(None), *local)]
+        # Indices built apart from the subscript: mypy's parser reads a starred tuple inside [] as 3.11 syntax.
+        to_index: tuple[int | slice, ...] = (row, slice(None), *inside)
+        from_index: tuple[int | slice, ...] = (row, slice(None), *local)
+        out[to_index] = projection[from_index]
     return out
 
 
@@ -412,17 +414,17 @@ def project_records(
     while position < len(image_order):
         per_image = int(counts[image_order[position]])
         take = max(1, (budget if budget is not None else meter_rows * per_image) // per_image)
-        chunk = image_order[position : position + take]
+        chunk_images = image_order[position : position + take]
         meter = _SavedBytes(model) if budget is None else None
         with meter if meter is not None else nullcontext():
-            grads = _project_slots(model, module, name, images, chunk, units, slot, seed, rules, activations)
+            grads = _project_slots(model, module, name, images, chunk_images, units, slot, seed, rules, activations)
         if meter is not None:
-            per_row = meter.bytes / len(chunk)
+            per_row = meter.bytes / len(chunk_images)
             budget = int(min(MAX_CHUNK_ROWS, max(1, PROJECTION_MEMORY_BUDGET // max(per_row, 1))))
-        for local, image in enumerate(chunk):
+        for local, image in enumerate(chunk_images):
             records = (units[:, 0] == image).nonzero().flatten()
             result[records] = grads[slot[records], local]
-        position += len(chunk)
+        position += len(chunk_images)
     return result
 
 
@@ -459,7 +461,8 @@ def _project_slots(
             raise ValueError(f"units hold indices out of range for layer {name!r} with output {tuple(layer_out.shape)}")
         image_rows = torch.tensor([local[int(i)] for i in units[rows, 0]])
         index = (slot[rows], image_rows, *where.t())
-        grad[index] = activation[(image_rows, *where.t())] if seed == "activation" else 1.0
+        seeded = (image_rows, *where.t())  # apart from the subscript, as in project_units
+        grad[index] = activation[seeded] if seed == "activation" else 1.0
         if not layer_out.requires_grad:
             return torch.zeros((slots, *x.shape), dtype=x.dtype, device=x.device)
         if slots == 1:
