@@ -9,7 +9,7 @@ A :class:`Field` describes a tensor seen during the analysed forward pass:
 * ``segs``: the fields themselves. Per spatial axis a seg keeps, for every unit of the
   map, the half-open range ``[lo, hi)`` of input pixels it really reaches (exact at
   borders, padding, dilation holes), and the unclipped box arithmetic of Araujo et al.
-  (``left``, ``size``, ``jump``) that :class:`~captum_deconvviz.ReceptiveField` reports;
+  (``offset``, ``size``, ``stride``, as :class:`~captum_deconvviz.ReceptiveField` names them);
 * ``via``: readable reasons why every unit also depends, through global statistics
   or gates, on the whole input (squeeze-excitation, GroupNorm, ...).
 """
@@ -41,9 +41,9 @@ class Seg:
     Attributes:
         lo, hi: per axis, an int array over the map's units: the half-open range of input
             pixels each unit reaches (``lo >= hi`` when it reaches none).
-        left, size, jump: per axis, the box of unit ``u`` is ``left + u * jump`` to that
-            plus ``size`` (unclipped; may leave the image).
-        exact: False when ``left``/``size``/``jump`` are a safe bound (fractional jumps of
+        offset, size, stride: per axis, the box of unit ``u`` is ``offset + u * stride`` to that
+            plus ``size`` (unclipped; may leave the image), in input pixels.
+        exact: False when ``offset``/``size``/``stride`` are a safe bound (fractional strides of
             upsampling, windows of unequal sizes); ``lo``/``hi`` stay exact.
         is_global: every unit depends on the whole input (past a global pooling, a
             flatten into a linear layer, attention over positions).
@@ -52,9 +52,9 @@ class Seg:
 
     lo: tuple[np.ndarray, ...]
     hi: tuple[np.ndarray, ...]
-    left: tuple[int, ...]
+    offset: tuple[int, ...]
     size: tuple[int, ...]
-    jump: tuple[int, ...]
+    stride: tuple[int, ...]
     exact: bool = True
     is_global: bool = False
     empty: bool = False
@@ -70,15 +70,15 @@ class Seg:
         """A copy with axis ``axis``'s reach (and optionally its summary) replaced."""
         los, his = list(self.lo), list(self.hi)
         los[axis], his[axis] = lo, hi
-        left, size, jump = list(self.left), list(self.size), list(self.jump)
-        if "left" in summary:
-            left[axis] = int(summary["left"])
+        left, size, jump = list(self.offset), list(self.size), list(self.stride)
+        if "offset" in summary:
+            left[axis] = int(summary["offset"])
         if "size" in summary:
             size[axis] = int(summary["size"])
-        if "jump" in summary:
-            jump[axis] = int(summary["jump"])
+        if "stride" in summary:
+            jump[axis] = int(summary["stride"])
         exact = self.exact and bool(summary.get("exact", True))
-        return replace(self, lo=tuple(los), hi=tuple(his), left=tuple(left), size=tuple(size), jump=tuple(jump),
+        return replace(self, lo=tuple(los), hi=tuple(his), offset=tuple(left), size=tuple(size), stride=tuple(jump),
                        exact=exact)  # fmt: skip
 
     def resized(self, map_size: Sequence[int]) -> Seg:
@@ -137,8 +137,10 @@ def window_axis(seg: Seg, axis: int, n_out: int, k: int, s: int, p: int, d: int)
         return seg.resized(_with(seg.map_size(), axis, n_out))
     taps = np.arange(n_out)[:, None] * s - p + np.arange(k)[None, :] * d
     lo, hi = gather_bounds(seg.lo[axis], seg.hi[axis], taps, (taps >= 0) & (taps < len(seg.lo[axis])))
-    j = seg.jump[axis]
-    return seg.with_axis(axis, lo, hi, left=seg.left[axis] - p * j, size=seg.size[axis] + d * (k - 1) * j, jump=j * s)
+    j = seg.stride[axis]
+    return seg.with_axis(
+        axis, lo, hi, offset=seg.offset[axis] - p * j, size=seg.size[axis] + d * (k - 1) * j, stride=j * s
+    )
 
 
 def gather_axis(seg: Seg, axis: int, index: np.ndarray, valid: np.ndarray, step: float) -> Seg:
@@ -158,12 +160,12 @@ def gather_axis(seg: Seg, axis: int, index: np.ndarray, valid: np.ndarray, step:
 def bound_from_reach(seg: Seg, axis: int, source: Seg, index: np.ndarray, valid: np.ndarray, step: float) -> Seg:
     """Box arithmetic that contains, for every unit, the boxes of the input units it reaches.
 
-    The box of input unit ``i`` is ``source.left + i * source.jump`` plus ``source.size``; the
-    new stride is ``max(1, round(step * source.jump))`` and ``left``/``size`` the smallest that
+    The box of input unit ``i`` is ``source.offset + i * source.stride`` plus ``source.size``; the
+    new stride is ``max(1, round(step * source.stride))`` and ``offset``/``size`` the smallest that
     cover every unit's union of boxes. Marked inexact.
     """
-    jump = max(1, round(step * source.jump[axis]))
-    starts = source.left[axis] + index * source.jump[axis]
+    jump = max(1, round(step * source.stride[axis]))
+    starts = source.offset[axis] + index * source.stride[axis]
     first = np.where(valid, starts, EMPTY_LO).min(1)
     last = np.where(valid, starts + source.size[axis], EMPTY_HI).max(1)
     units = np.arange(len(index))
@@ -172,7 +174,7 @@ def bound_from_reach(seg: Seg, axis: int, source: Seg, index: np.ndarray, valid:
         return replace(seg, exact=False)
     left = int((first - units * jump)[live].min())
     size = int((last - units * jump)[live].max()) - left
-    return seg.with_axis(axis, seg.lo[axis], seg.hi[axis], left=left, size=size, jump=jump, exact=False)
+    return seg.with_axis(axis, seg.lo[axis], seg.hi[axis], offset=left, size=size, stride=jump, exact=False)
 
 
 def hull(segs: Sequence[Seg]) -> Seg:
@@ -192,18 +194,18 @@ def hull(segs: Sequence[Seg]) -> Seg:
     if any(s.is_global for s in live):
         first = next(s for s in live if s.is_global)
         return replace(first, lo=lo, hi=hi, exact=exact)
-    jumps = {s.jump for s in live}
-    left = tuple(min(s.left[a] for s in live) for a in range(n))
-    right = tuple(max(s.left[a] + s.size[a] for s in live) for a in range(n))
+    jumps = {s.stride for s in live}
+    left = tuple(min(s.offset[a] for s in live) for a in range(n))
+    right = tuple(max(s.offset[a] + s.size[a] for s in live) for a in range(n))
     if len(jumps) == 1:  # misaligned paths: the union of their boxes, still exact
         size = tuple(r - a for r, a in zip(right, left, strict=True))
-        return Seg(lo, hi, left, size, live[0].jump, exact)
+        return Seg(lo, hi, left, size, live[0].stride, exact)
     # Paths with different strides: no common grid; bound every unit's union of boxes.
     units = [np.arange(m) for m in live[0].map_size()]
-    jump = tuple(min(s.jump[a] for s in live) for a in range(n))
-    left = tuple(int(min((s.left[a] + units[a] * (s.jump[a] - jump[a])).min() for s in live)) for a in range(n))
+    jump = tuple(min(s.stride[a] for s in live) for a in range(n))
+    left = tuple(int(min((s.offset[a] + units[a] * (s.stride[a] - jump[a])).min() for s in live)) for a in range(n))
     ends = tuple(
-        int(max((s.left[a] + s.size[a] + units[a] * (s.jump[a] - jump[a])).max() for s in live)) for a in range(n)
+        int(max((s.offset[a] + s.size[a] + units[a] * (s.stride[a] - jump[a])).max() for s in live)) for a in range(n)
     )
     return Seg(lo, hi, left, tuple(e - a for e, a in zip(ends, left, strict=True)), jump, False)
 

@@ -354,8 +354,8 @@ def _pad_axis(seg: Seg, axis: int, before: int, index: np.ndarray, valid: np.nda
     from ._field import gather_bounds
 
     lo, hi = gather_bounds(seg.lo[axis], seg.hi[axis], index[:, None], valid[:, None])
-    j = seg.jump[axis]
-    return seg.with_axis(axis, lo, hi, left=seg.left[axis] - before * j)
+    j = seg.stride[axis]
+    return seg.with_axis(axis, lo, hi, offset=seg.offset[axis] - before * j)
 
 
 def _resample(
@@ -543,11 +543,11 @@ def _index_axis(seg: Seg, axis: int, index: np.ndarray) -> Seg:
         return seg.resized(tuple(len(index) if a == axis else m for a, m in enumerate(seg.map_size())))
     lo, hi = seg.lo[axis][index], seg.hi[axis][index]
     steps = np.diff(index)
-    j = seg.jump[axis]
+    j = seg.stride[axis]
     if len(index) == 1:
-        return seg.with_axis(axis, lo, hi, left=seg.left[axis] + int(index[0]) * j)
+        return seg.with_axis(axis, lo, hi, offset=seg.offset[axis] + int(index[0]) * j)
     if np.all(steps == steps[0]) and steps[0] > 0:  # a regular slice: exact arithmetic
-        return seg.with_axis(axis, lo, hi, left=seg.left[axis] + int(index[0]) * j, jump=j * int(steps[0]))
+        return seg.with_axis(axis, lo, hi, offset=seg.offset[axis] + int(index[0]) * j, stride=j * int(steps[0]))
     out = seg.with_axis(axis, lo, hi)
     return bound_from_reach(out, axis, seg, index[:, None], np.ones((len(index), 1), dtype=bool), 1.0)
 

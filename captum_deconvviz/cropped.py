@@ -205,7 +205,7 @@ class CroppedPlan:
             channels = float(self.shapes.get(node, (1, 1))[1])
             cone = [
                 min(o, (r_target - r_node) // j_node + 1)
-                for o, r_target, r_node, j_node in zip(out, self.field.size, field.size, field.jump, strict=True)
+                for o, r_target, r_node, j_node in zip(out, self.field.size, field.size, field.stride, strict=True)
             ]
             full += per_unit * channels * float(torch.tensor(out).prod())
             cropped += per_unit * channels * float(torch.tensor(cone).prod())
@@ -224,8 +224,8 @@ class CroppedPlan:
     def boxes(self, units: Tensor) -> Tensor:
         """Box starts ``[N, n]`` (input pixels) of units ``[N, 1 + n]`` given as ``(channel, *position)``."""
         position = units[:, 1:].long()
-        left = torch.tensor(self.field.left, device=units.device)
-        jump = torch.tensor(self.field.jump, device=units.device)
+        left = torch.tensor(self.field.offset, device=units.device)
+        jump = torch.tensor(self.field.stride, device=units.device)
         return left + position * jump
 
     def project(

@@ -309,8 +309,8 @@ def _make(
     reach = tuple((tuple(int(v) for v in lo), tuple(int(v) for v in hi)) for lo, hi in zip(seg.lo, seg.hi, strict=True))
     return ReceptiveField(
         seg.size,
-        seg.jump,
-        seg.left,
+        seg.stride,
+        seg.offset,
         input_shape[1:],
         tuple(output_size),
         name,
