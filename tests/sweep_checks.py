@@ -570,7 +570,7 @@ def check_field(
     diff = _first_difference(units, expected, opened, bound)
     if diff is not None:
         unit, want, got = diff
-        missed = " (global path not reported)" if got == whole and want != whole else ""
+        missed = " (the probe sees the whole input)" if got == whole and want != whole else ""
         return done(WRONG, f"unit {unit}: analytic {want}, probe {got}{missed}", global_via=global_via, note=note)
     if detached is not None and list(detached) != list(opened):
         unit, got, local = next((u, a, b) for u, a, b in zip(units, opened, detached, strict=True) if a != b)
