@@ -32,15 +32,7 @@ def pointwise_rule(rec: FieldRecorder, name: str, sources: list[tuple[Tensor, An
         return None
     out_shape = tuple(result.shape)
     fields = [(t, f) for t, f in sources if isinstance(f, Field)]
-    try:
-        np.broadcast_shapes(out_shape, *(tuple(t.shape) for t, _ in fields))
-        fits = (
-            all(len(t.shape) <= len(out_shape) for t, _ in fields)
-            and tuple(np.broadcast_shapes(*(tuple(t.shape) for t, _ in fields))) == out_shape
-        ) or len(fields) == 0
-    except ValueError:
-        fits = False
-    if not fits:
+    if not _broadcast_to(out_shape, [tuple(t.shape) for t, _ in fields]):
         raise Unmodelled(name, rec.where(), f"changes the shape {tuple(fields[0][0].shape)} to {out_shape}")
     via = frozenset().union(*(f.via for _, f in fields))
     gates = [(t, f) for t, f in fields if is_gate(t, f, out_shape)]
@@ -58,6 +50,24 @@ def pointwise_rule(rec: FieldRecorder, name: str, sources: list[tuple[Tensor, An
             return Field(f.dims if len(f.dims) == len(out_shape) else (None,) * len(out_shape),
                          np.zeros(out_shape, dtype=np.int64), f.segs, via, f.hidden)  # fmt: skip
         raise Unmodelled(name, rec.where(), "merging maps whose spatial dims were flattened")
+    dims = _merged_dims(rec, name, paths, out_shape)
+    return _merge_paths(rec, paths, out_shape, dims, via)
+
+
+def _broadcast_to(out_shape: tuple[int, ...], shapes: list[tuple[int, ...]]) -> bool:
+    """The operands broadcast exactly to ``out_shape`` (a pointwise op)."""
+    if not shapes:
+        return True
+    try:
+        return all(len(s) <= len(out_shape) for s in shapes) and tuple(np.broadcast_shapes(*shapes)) == out_shape
+    except ValueError:
+        return False
+
+
+def _merged_dims(
+    rec: FieldRecorder, name: str, paths: list[tuple[Tensor, Field]], out_shape: tuple[int, ...]
+) -> tuple[int | None, ...]:
+    """What each output dim holds, agreed by every operand that is not broadcast along it."""
     dims: list[int | None] = [None] * len(out_shape)
     decided = [False] * len(out_shape)
     for t, f in paths:
@@ -69,6 +79,17 @@ def pointwise_rule(rec: FieldRecorder, name: str, sources: list[tuple[Tensor, An
             if decided[e] and dims[e] != a:
                 raise Unmodelled(name, rec.where(), "merging tensors whose dims hold different things")
             dims[e], decided[e] = a, True
+    return tuple(dims)
+
+
+def _merge_paths(
+    rec: FieldRecorder,
+    paths: list[tuple[Tensor, Field]],
+    out_shape: tuple[int, ...],
+    dims: tuple[int | None, ...],
+    via: frozenset[str],
+) -> Field:
+    """The element-wise hull of the operands' fields, broadcast to the output."""
     map_size = [1] * len(rec.input_size)
     for e, a in enumerate(dims):
         if a is not None:
@@ -90,7 +111,7 @@ def pointwise_rule(rec: FieldRecorder, name: str, sources: list[tuple[Tensor, An
             cmap, segs = pair(cmap, own, segs, own_segs)
     assert segs is not None
     cmap, kept = compact(cmap, segs)
-    return Field(tuple(dims), cmap, kept, via)
+    return Field(dims, cmap, kept, via)
 
 
 def reduce_rule(
