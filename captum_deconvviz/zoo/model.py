@@ -42,7 +42,7 @@ class ZFNetCIFAR(nn.Module):
     ) -> None:
         super().__init__()
         c1, c2, c3, c4 = widths
-        self.widths = tuple(widths)
+        self.widths = (c1, c2, c3, c4)
         self.first = (first_kernel, first_stride)
 
         def block(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -73,6 +73,8 @@ class ZFNetCIFAR(nn.Module):
         norms = [m for m in self.features if isinstance(m, nn.BatchNorm2d)]
         targets = [m for m in folded.features if isinstance(m, nn.Conv2d)]
         for conv, norm, target in zip(convs, norms, targets, strict=True):
+            # Always set here: BatchNorm2d tracks running statistics by default, and folded convs have a bias.
+            assert norm.running_mean is not None and norm.running_var is not None and target.bias is not None
             scale = norm.weight.detach() / (norm.running_var + norm.eps).sqrt()
             bias = conv.bias.detach() if conv.bias is not None else 0.0
             target.weight.data.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))

@@ -124,7 +124,7 @@ def train_default_model(
     first_stride: int = 1,
     renormalize: float | None = None,
     checkpoints: list[ZFNetCIFAR] | None = None,
-) -> tuple[ZFNetCIFAR, dict[str, float]]:
+) -> tuple[ZFNetCIFAR, dict[str, float | int | str]]:
     """Train the default model and return it (BatchNorm folded, eval mode) with metrics.
 
     Args:
@@ -171,7 +171,8 @@ def train_default_model(
     test_x, test_y, _ = load_cifar10("test", root=root)
     model = ZFNetCIFAR(batch_norm=True, first_kernel=first_kernel, first_stride=first_stride)
     model = model.to(dev).to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _name, param in model.named_parameters():
         (no_decay if param.dim() == 1 else decay).append(param)
     optimizer = torch.optim.SGD(
@@ -212,7 +213,7 @@ def train_default_model(
             print(f"epoch {epoch + 1}/{epochs}: loss {total / (step + 1):.3f}, {elapsed:.0f}s", flush=True)
     train_seconds = time.perf_counter() - start
     folded = model.fold_batch_norm().to(dev).to(memory_format=torch.contiguous_format)
-    metrics = {
+    metrics: dict[str, float | int | str] = {
         "test_accuracy": evaluate(folded, test_x, test_y),
         "train_seconds": train_seconds,
         "epochs": epochs,
