@@ -99,7 +99,7 @@ def batches(
         return
     dataset = data.dataset if isinstance(data, DataLoader) else data
     loader = DataLoader(
-        Subset(dataset, indices),  # type: ignore[arg-type]
+        Subset(dataset, indices),
         batch_size=(data.batch_size or 1) if isinstance(data, DataLoader) else batch_size,
         num_workers=data.num_workers if isinstance(data, DataLoader) else num_workers,
         collate_fn=_collate,

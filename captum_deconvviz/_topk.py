@@ -9,6 +9,7 @@ three, so a merge is two stable sorts. The state also keeps exact channel statis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,8 @@ class TopKState:
         return {name: getattr(self, name) for name in names}
 
     def to(self, device: torch.device | str) -> TopKState:
-        moved = {name: t.to(device) for name, t in self.tensors().items()}
+        # Any: the dataclass also has int fields, so dict[str, Tensor] cannot be ** into it as typed.
+        moved: dict[str, Any] = {name: t.to(device) for name, t in self.tensors().items()}
         return TopKState(height=self.height, width=self.width, images=self.images, **moved)
 
     # ---- updates --------------------------------------------------------------------

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from . import __version__, _distributed
-from .data import ImageFiles
+from .data import ImageFiles, ZipImages
 from .model_loading import ModelLoadError, load_model
 from .receptive_field import ReceptiveFieldError, receptive_field, receptive_field_table
 
@@ -173,21 +174,25 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     def display(image: Tensor) -> Tensor:
         return (image * std.to(image) + mean.to(image)).clamp(0, 1)
 
+    images: ImageFiles | ZipImages
     if args.data == "default-sample":
-        dataset, name = default_sample(transform), "default sample (1,000 CIFAR-10 test images)"
+        images, name = default_sample(transform), "default sample (1,000 CIFAR-10 test images)"
     else:
-        dataset, name = ImageFiles(args.data, transform=transform), str(args.data)
-        if dataset.skipped:
-            print(f"skipped {len(dataset.skipped)} unreadable file(s), e.g. {dataset.skipped[0]}", file=sys.stderr)
-        if len(dataset) == 0:
+        images, name = ImageFiles(args.data, transform=transform), str(args.data)
+        if images.skipped:
+            print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}", file=sys.stderr)
+        if len(images) == 0:
             raise ValueError(f"no readable images in {args.data!r}")
+    dataset: Dataset[Any] = images
+    names = images.names
     if args.limit is not None:
         from torch.utils.data import Subset
 
-        subset = Subset(dataset, range(min(args.limit, len(dataset))))
-        subset.names = dataset.names[: len(subset)]  # type: ignore[attr-defined]
+        subset = Subset(images, range(min(args.limit, len(images))))
+        names = images.names[: len(subset)]
+        subset.names = names  # type: ignore[attr-defined]  # kept on the returned dataset for its callers
         dataset = subset
-    return dataset, display, list(dataset.names), name
+    return dataset, display, list(names), name
 
 
 def _default_layers(args: argparse.Namespace, model: nn.Module) -> list[str]:

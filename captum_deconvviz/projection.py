@@ -461,7 +461,7 @@ def _project_slots(
             raise ValueError(f"units hold indices out of range for layer {name!r} with output {tuple(layer_out.shape)}")
         image_rows = torch.tensor([local[int(i)] for i in units[rows, 0]])
         index = (slot[rows], image_rows, *where.t())
-        seeded = (image_rows, *where.t())  # apart from the subscript, as in project_units
+        seeded = (image_rows, *where.t())  # apart from the subscript, as in _project_cropped
         grad[index] = activation[seeded] if seed == "activation" else 1.0
         if not layer_out.requires_grad:
             return torch.zeros((slots, *x.shape), dtype=x.dtype, device=x.device)

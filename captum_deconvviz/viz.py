@@ -325,6 +325,7 @@ def plot_hierarchy(
                 ax.set_title(f"{layer}{size}", fontsize=8)
             if row >= len(alive):
                 continue
+            assert projections is not None and crops is not None  # alive is not empty here
             top = _mosaic([normalize_projection(p, outlier_perc) for p in projections[row]], result.k)
             bottom = _mosaic(
                 [_display(img, denormalize, m) for img, m in zip(crops.images[row], crops.mask[row], strict=True)],
