@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +20,23 @@ from ._field import (
 
 if TYPE_CHECKING:
     from ._rf_graph import FieldRecorder
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One op as the recorder saw it: its name, the callable and its arguments."""
+
+    name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def rerun(self, replacement: Tensor) -> Any:
+        """The same op with its first tensor replaced (index tracing, one-hot responses)."""
+        rest = self.args[1:] if self.args else ()
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("input", "out")}
+        with torch.no_grad():
+            return self.func(replacement, *rest, **kwargs)
 
 
 def op_name(func: Callable[..., Any]) -> str:

@@ -154,7 +154,8 @@ class FieldRecorder(TorchFunctionMode):
         if not sources:
             return func(*args, **kwargs)
         if self.detach_global:
-            func, args, kwargs = rules.localize(self, name, func, args, kwargs, sources)
+            local = rules.localize(self, rules.OpCall(name, func, args, kwargs), sources)
+            func, args, kwargs = local.func, local.args, local.kwargs
         out = func(*args, **kwargs)
         if name in rules.NO_DEPENDENCE_OPS:
             if args and out is args[0]:  # zero_() or fill_(): the values no longer depend on the input
@@ -168,7 +169,7 @@ class FieldRecorder(TorchFunctionMode):
             result = bad
         else:
             try:
-                result = rules.apply(self, name, func, args, kwargs, out, sources)
+                result = rules.apply(self, rules.OpCall(name, func, args, kwargs), out, sources)
             except Unmodelled as err:
                 result = err
             except Exception as err:  # a gap in a rule must never break the user's forward

@@ -7,7 +7,6 @@ output dims hold spatial axes and which input channels each output channel copie
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,22 +24,14 @@ from ._field import (
     empty_seg,
     hull,
 )
-from ._rf_blocks import arg, global_field, global_like, map_size
+from ._rf_blocks import OpCall, arg, global_field, global_like, map_size
 
 if TYPE_CHECKING:
     from ._rf_graph import FieldRecorder
 
 
-def index_rule(
-    rec: FieldRecorder,
-    name: str,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    out: Any,
-    x: Tensor,
-    f: Field,
-) -> Field | list[Field | None] | None:
+def index_rule(rec: FieldRecorder, call: OpCall, out: Any, x: Tensor, f: Field) -> Field | list[Field | None] | None:
+    name = call.name
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if f.is_global:
         fields: list[Field | None] = [global_like(rec, o, f) if isinstance(o, Tensor) else None for o in outs]
@@ -50,11 +41,7 @@ def index_rule(
     if f.hidden is not None:
         fields = [_hidden_index(rec, name, o, f) if isinstance(o, Tensor) else None for o in outs]
         return fields if isinstance(out, (tuple, list)) else fields[0]
-    code = torch.arange(x.numel()).reshape(x.shape)  # on the CPU: the analysis may run on meta
-    rest = args[1:] if args else ()
-    kw = {k: v for k, v in kwargs.items() if k not in ("input", "out")}
-    with torch.no_grad():
-        traced = func(code, *rest, **kw)
+    traced = call.rerun(torch.arange(x.numel()).reshape(x.shape))  # on the CPU: the analysis may run on meta
     traced_list = list(traced) if isinstance(traced, (tuple, list)) else [traced]
     fields = []
     for o, t in zip(outs, traced_list, strict=False):

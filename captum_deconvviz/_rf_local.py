@@ -14,38 +14,32 @@ from . import _ops as ops
 from ._field import (
     Field,
 )
-from ._rf_blocks import arg, is_gate, tensors_in
+from ._rf_blocks import OpCall, arg, is_gate, tensors_in
 
 if TYPE_CHECKING:
     from ._rf_graph import FieldRecorder
 
 
-def localize(
-    rec: FieldRecorder,
-    name: str,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    sources: list[tuple[Tensor, Any]],
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def localize(rec: FieldRecorder, call: OpCall, sources: list[tuple[Tensor, Any]]) -> OpCall:
     """Under ``detach_global``: the same op with its global gates and statistics held fixed."""
+    name, func, args, kwargs = call.name, call.func, call.args, call.kwargs
     fields = [(t, f) for t, f in sources if isinstance(f, Field)]
     if name in ops.NORM_OPS and name in _LOCAL_NORMS:
         x = args[0] if args else kwargs.get("input")
         f = rec.get(x) if isinstance(x, Tensor) else None
         if isinstance(f, Field) and not f.is_global and assert_local_norm(name, args, kwargs, f, x):
-            return _LOCAL_NORMS[name], args, kwargs
-        return func, args, kwargs
+            return OpCall(name, _LOCAL_NORMS[name], args, kwargs)
+        return call
     if name in ops.CONCAT_OPS or name in ops.INDEX_OPS or geometry.op_kind(name) is not None:
-        return func, args, kwargs
+        return call
     try:
         shapes = [tuple(t.shape) for t in tensors_in(args, kwargs)]
         out_shape = tuple(np.broadcast_shapes(*shapes))
     except ValueError:
-        return func, args, kwargs
+        return call
     gates = {id(t) for t, f in fields if is_gate(t, f, out_shape)}
     if not gates or len(gates) == len(fields):
-        return func, args, kwargs
+        return call
 
     def detach(v: Any) -> Any:
         if isinstance(v, Tensor) and id(v) in gates:
@@ -54,7 +48,7 @@ def localize(
             return type(v)(detach(i) for i in v)
         return v
 
-    return func, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()}
+    return OpCall(name, func, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()})
 
 
 def assert_local_norm(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], f: Field, x: Tensor) -> bool:

@@ -25,7 +25,6 @@ receptive field of layers downstream of it comes from the gradient probe.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -35,7 +34,7 @@ from . import _ops as ops
 from ._field import (
     Field,
 )
-from ._rf_blocks import gate_reason, has_tensor, only_source, op_name, tensor_arg, tensors_in
+from ._rf_blocks import OpCall, gate_reason, has_tensor, only_source, op_name, tensor_arg, tensors_in
 from ._rf_index import concat_rule, index_rule
 from ._rf_local import localize
 from ._rf_mix import matmul_rule, mix_along_rule, norm_rule, pointwise_rule, reduce_rule
@@ -50,6 +49,7 @@ NO_DEPENDENCE_OPS = ops.NO_DEPENDENCE_OPS
 __all__ = [
     "NON_TENSOR_OPS",
     "NO_DEPENDENCE_OPS",
+    "OpCall",
     "apply",
     "gate_reason",
     "has_tensor",
@@ -60,14 +60,9 @@ __all__ = [
 
 
 def apply(
-    rec: FieldRecorder,
-    name: str,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    out: Any,
-    sources: list[tuple[Tensor, Field]],
+    rec: FieldRecorder, call: OpCall, out: Any, sources: list[tuple[Tensor, Field]]
 ) -> Field | list[Field | None] | None:
+    name, args, kwargs = call.name, call.args, call.kwargs
     """The field (or, for tuple outputs, the list of fields) of ``out``."""
     first = args[0] if args else kwargs.get("input")
     first_field = rec.get(first) if isinstance(first, Tensor) else None
@@ -88,11 +83,11 @@ def apply(
     if name == "pad" and isinstance(first_field, Field):
         return pad_rule(rec, args, kwargs, out, first, first_field)
     if name in ops.RESAMPLE_OPS and isinstance(first_field, Field):
-        return resample_rule(rec, name, func, args, kwargs, out, first, first_field)
+        return resample_rule(rec, call, out, first, first_field)
     if name in ops.CONCAT_OPS or name in ops.STACK_OPS:
         return concat_rule(rec, name, args, kwargs, out)
     if name in ops.INDEX_OPS and isinstance(first_field, Field) and only_source(sources, first):
-        return index_rule(rec, name, func, args, kwargs, out, first, first_field)
+        return index_rule(rec, call, out, first, first_field)
     if name in ops.REDUCTION_OPS and isinstance(first_field, Field) and not tensor_arg(args, 1):
         return reduce_rule(rec, name, args, kwargs, out, first, first_field)
     if name in ops.MIX_ALONG_DIM_OPS and isinstance(first_field, Field) and only_source(sources, first):

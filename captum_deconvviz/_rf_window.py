@@ -8,7 +8,7 @@ reach from the op itself and bounds the box.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from ._field import (
     hull,
 )
 from ._field import window_axis as window_seg_axis
-from ._rf_blocks import arg, global_like, trailing_spatial
+from ._rf_blocks import OpCall, arg, global_like, trailing_spatial
 
 if TYPE_CHECKING:
     from ._rf_graph import FieldRecorder
@@ -186,16 +186,8 @@ def _pad_axis(seg: Seg, axis: int, before: int, index: np.ndarray, valid: np.nda
     return seg.with_axis(axis, lo, hi, offset=seg.offset[axis] - before * j)
 
 
-def resample_rule(
-    rec: FieldRecorder,
-    name: str,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    out: Tensor,
-    x: Tensor,
-    f: Field,
-) -> Field:
+def resample_rule(rec: FieldRecorder, call: OpCall, out: Tensor, x: Tensor, f: Field) -> Field:
+    name = call.name
     """Interpolation: each axis's reach is read from the op run on one-hot inputs."""
     n = len(rec.input_size)
     if f.is_global:
@@ -212,10 +204,7 @@ def resample_rule(
         for i in range(m):
             index[0], index[2 + axis] = i, i
             onehot[tuple(index)] = 1.0
-        rest = args[1:] if args else ()
-        kw = {k: v for k, v in kwargs.items() if k != "input"}
-        with torch.no_grad():
-            response = func(onehot, *rest, **kw)
+        response = call.rerun(onehot)
         line = [slice(None), 0] + [slice(None) if a == axis else s // 2 for a, s in enumerate(response.shape[2:])]
         weights = response[tuple(line)].abs().cpu().numpy()  # [m, out]
         reach = weights.T > 0  # [out, m]

@@ -212,14 +212,11 @@ def rule_set(rules: str | RuleSet, projecting: bool = False) -> RuleSet:
         rules: a name from :data:`RULE_SETS`, or a :class:`RuleSet`.
         projecting: refuse rule sets that are not attribution rules (the probe).
     """
-    if isinstance(rules, RuleSet):
-        found = rules
-    elif isinstance(rules, str):
-        if rules not in RULE_SETS:
-            raise ValueError(f"rules must be one of {sorted(RULE_SETS)}, got {rules!r}")
-        found = RULE_SETS[rules]
-    else:
+    if not isinstance(rules, (str, RuleSet)):
         raise TypeError(f"rules must be a str or RuleSet, got {type(rules).__name__}")
+    found = rules if isinstance(rules, RuleSet) else RULE_SETS.get(rules)
+    if found is None:
+        raise ValueError(f"rules must be one of {sorted(RULE_SETS)}, got {rules!r}")
     if projecting and not found.projects:
         usable = sorted(n for n, r in RULE_SETS.items() if r.projects)
         raise ValueError(f"rules must be one of {usable} for projections, got {found.name!r}")

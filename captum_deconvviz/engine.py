@@ -12,17 +12,8 @@ Nothing on the model is touched: no hooks, no patched modules. The mode lives in
 ``torch.overrides.TorchFunctionMode`` and only sees the ops run inside its ``with``
 block, on the current thread.
 
-Rule sets (:data:`RULE_SETS`, defined in ``_rule_sets.py``):
-
-* ``"zf"``: DeconvNet. ReLU backward is ``relu(grad)``; max-pooling scatters the
-  signal to the switches recorded in the forward pass, summing where overlapping
-  windows share a switch (the adjoint).
-* ``"guided"``: Guided Backprop (Springenberg et al. 2015). ReLU backward is
-  ``relu(grad) * (input > 0)``; max-pooling as above.
-* ``"probe"``: the receptive-field probe. ReLU family forward and backward are the
-  identity, gates (sigmoid, tanh, ...) a bounded surrogate whose gradient never
-  vanishes, max-pooling a window sum of the same geometry, so the gradient support
-  of a unit is its whole receptive field.
+The rules themselves (``"zf"`` DeconvNet, ``"guided"`` Guided Backprop, ``"probe"`` for
+receptive fields) are :class:`RuleSet` objects registered in ``_rule_sets.py``.
 
 Other activations follow the ``activations`` argument, see :class:`ReverseRules`.
 """
