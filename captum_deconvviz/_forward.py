@@ -87,7 +87,7 @@ def split_layer_spec(spec: str) -> tuple[str, tuple[int | str, ...]]:
     Picks are integers (tuple and list outputs) or keys (dict outputs), possibly nested:
     ``"head[0]['logits']"``.
     """
-    name, picks = spec, []
+    name, picks = spec, list[int | str]()
     while name.endswith("]") and "[" in name:
         cut = name.rindex("[")
         raw = name[cut + 1 : -1].strip()
@@ -143,10 +143,10 @@ def check_model(model: Any, argname: str = "model") -> nn.Module:
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer, or None if it has neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 

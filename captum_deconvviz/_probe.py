@@ -137,7 +137,8 @@ def _seed(out: Tensor, units: Sequence[Sequence[int]], channel: int | None, name
     for row, unit in enumerate(units):
         if len(unit) != n or not all(0 <= int(u) < s for u, s in zip(unit, out.shape[2:], strict=True)):
             raise ValueError(f"units[{row}] = {tuple(unit)} is out of range for the map {tuple(out.shape[2:])}")
-        seed[(row, slice(None) if channel is None else channel, *(int(u) for u in unit))] = 1.0
+        at: tuple[Any, ...] = (row, slice(None) if channel is None else channel, *(int(u) for u in unit))
+        seed[at] = 1.0
     return seed
 
 
@@ -225,9 +226,9 @@ def check_against_probe(model: nn.Module, analytic: ReceptiveField, input_shape:
     )
     n = len(analytic.size)
     for unit, measured in zip(units, boxes, strict=True):
-        expected: tuple[int, ...] | None = analytic.clipped_box(*unit)
-        if any(expected[a] >= expected[a + n] for a in range(n)):
-            expected = None  # the box lies in the padding only: nothing to see
+        box = analytic.clipped_box(*unit)
+        # A box in the padding only has nothing to see.
+        expected: tuple[int, ...] | None = None if any(box[a] >= box[a + n] for a in range(n)) else box
         if measured != expected:
             raise ReceptiveFieldError(
                 f"analytic and probe receptive fields of layer {analytic.layer!r} disagree at unit {unit}: "

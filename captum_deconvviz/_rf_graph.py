@@ -16,6 +16,7 @@ kept as they were when the module returned, before any later in-place op.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class FieldRecorder(TorchFunctionMode):
             self._fields.pop(id(tensor), None)
             return
         key = id(tensor)
-        self._fields[key] = (weakref.ref(tensor, lambda _ref, k=key: self._forget(k, _ref)), value)
+        self._fields[key] = (weakref.ref(tensor, functools.partial(self._forget, key)), value)
 
     def _forget(self, key: int, ref: weakref.ref) -> None:
         entry = self._fields.get(key)
@@ -169,7 +170,8 @@ class FieldRecorder(TorchFunctionMode):
             result = bad
         else:
             try:
-                result = rules.apply(self, rules.OpCall(name, func, args, kwargs), out, sources)
+                fields = [(t, f) for t, f in sources if isinstance(f, Field)]
+                result = rules.apply(self, rules.OpCall(name, func, args, kwargs), out, fields)
             except Unmodelled as err:
                 result = err
             except Exception as err:  # a gap in a rule must never break the user's forward

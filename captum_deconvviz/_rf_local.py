@@ -27,7 +27,12 @@ def localize(rec: FieldRecorder, call: OpCall, sources: list[tuple[Tensor, Any]]
     if name in ops.NORM_OPS and name in _LOCAL_NORMS:
         x = args[0] if args else kwargs.get("input")
         f = rec.get(x) if isinstance(x, Tensor) else None
-        if isinstance(f, Field) and not f.is_global and assert_local_norm(name, args, kwargs, f, x):
+        if (
+            isinstance(f, Field)
+            and isinstance(x, Tensor)
+            and not f.is_global
+            and assert_local_norm(name, args, kwargs, f, x)
+        ):
             return OpCall(name, _LOCAL_NORMS[name], args, kwargs)
         return call
     if name in ops.CONCAT_OPS or name in ops.INDEX_OPS or geometry.op_kind(name) is not None:

@@ -64,7 +64,7 @@ def apply(
 ) -> Field | list[Field | None] | None:
     name, args, kwargs = call.name, call.args, call.kwargs
     """The field (or, for tuple outputs, the list of fields) of ``out``."""
-    first = args[0] if args else kwargs.get("input")
+    first: Any = args[0] if args else kwargs.get("input")
     first_field = rec.get(first) if isinstance(first, Tensor) else None
     if name in ops.SHAPE_LIKE_OPS:  # x.expand_as(y): y gives a shape, not values
         sources = [(t, f) for t, f in sources if t is first]

@@ -135,7 +135,9 @@ class ReceptiveField:
         n = len(self.size)
         inside, local = box_slices(self.box(*index)[:n], self.size, self.input_size)
         out = image.new_full((image.shape[0], *self.size), fill)
-        out[(slice(None), *local)] = image[(slice(None), *inside)]
+        into: tuple[Any, ...] = (slice(None), *local)
+        source: tuple[Any, ...] = (slice(None), *inside)
+        out[into] = image[source]
         return out
 
     def __str__(self) -> str:

@@ -200,7 +200,7 @@ def resample_rule(rec: FieldRecorder, call: OpCall, out: Tensor, x: Tensor, f: F
         m = in_size[axis]
         shape = [m, 1, *in_size]
         onehot = torch.zeros(shape, dtype=torch.float64)  # on the CPU: the analysis may run on meta
-        index = [slice(None)] * len(shape)
+        index: list[Any] = [slice(None)] * len(shape)
         for i in range(m):
             index[0], index[2 + axis] = i, i
             onehot[tuple(index)] = 1.0

@@ -149,7 +149,9 @@ class CroppedPlan:
         self.layouts: dict[fx.Node, tuple[int, ...]] = {}
         modules = dict(gm.named_modules())
         # The leaf modules the plan calls (fx shares them with the model; containers are copies).
-        self._modules = [(n.target, modules[n.target]) for n in self.nodes if n.op == "call_module"]
+        self._modules: list[tuple[str, nn.Module]] = [
+            (str(n.target), modules[str(n.target)]) for n in self.nodes if n.op == "call_module"
+        ]
         for node in self.nodes:
             self._check_node(node, run, modules)
         self.cost_ratio = self._cost_ratio()
@@ -242,18 +244,20 @@ class CroppedPlan:
         crops = images.new_zeros((images.shape[0], images.shape[1], *size))
         for row in range(images.shape[0]):
             inside, local = box_slices(starts[row].tolist(), size, images.shape[-n:])
-            crops[(row, slice(None), *local)] = images[(row, slice(None), *inside)]
+            into: tuple[Any, ...] = (row, slice(None), *local)
+            source: tuple[Any, ...] = (row, slice(None), *inside)
+            crops[into] = images[source]
         crops.requires_grad_(True)
         with torch.enable_grad():
             with ReverseRules(rules, activations=activations):
                 out, origin = _CroppedRun(self, starts.to(images.device)).run_crop(crops)
-            local = units[:, 1:].to(out.device).long() - origin
-            if bool((local < 0).any()) or any(
-                bool((local[:, a] >= out.shape[out.dim() - n + a]).any()) for a in range(n)
+            where = units[:, 1:].to(out.device).long() - origin
+            if bool((where < 0).any()) or any(
+                bool((where[:, a] >= out.shape[out.dim() - n + a]).any()) for a in range(n)
             ):
                 raise RuntimeError("cropped forward lost the target unit")  # a bug, never user error
             rows = torch.arange(out.shape[0], device=out.device)
-            index = (rows, units[:, 0].to(out.device).long(), *local.t())
+            index = (rows, units[:, 0].to(out.device).long(), *where.t())
             grad = torch.zeros_like(out)
             grad[index] = out.detach()[index] if seed == "activation" else 1.0
             (projection,) = torch.autograd.grad(out, crops, grad, allow_unused=True)
@@ -338,6 +342,7 @@ class _CroppedRun(fx.Interpreter):
             valid = inside if valid is None else valid & inside
         spec = window.spec
         fill = float("-inf") if spec.kind == "max" else 0.0
+        assert valid is not None  # n >= 1 spatial axes
         x = torch.where(valid, x, torch.full((), fill, dtype=x.dtype, device=x.device))
         # First output unit whose window lies inside the local map; the same offset in every example.
         stride = torch.tensor(spec.stride, device=x.device)
@@ -351,8 +356,10 @@ class _CroppedRun(fx.Interpreter):
         self.origins[node] = first
         if spec.kind == "conv":
             module = window.module
+            weight: Tensor
+            bias: Tensor | None
             if module is not None:
-                weight, bias = module.weight, module.bias
+                weight, bias = module.weight, module.bias  # type: ignore[assignment]
             else:
                 args, kwargs = self.fetch_args_kwargs_from_env(node)
                 bound = geometry.bind_call(_target_name(node), args, kwargs)

@@ -335,5 +335,6 @@ def _window_sum(x: Tensor, geo: dict[str, Any], n: int, adaptive: bool) -> Tenso
     flat = F.pad(flat, pads)
     ones = x.new_ones((1, 1, *kernel))
     out = _CONV_FN[n](flat, ones, stride=stride, dilation=dilation)
-    out = out[(..., *[slice(0, s) for s in out_shape])]
+    kept: tuple[Any, ...] = (..., *[slice(0, s) for s in out_shape])
+    out = out[kept]
     return out.reshape(*lead, *out_shape)
