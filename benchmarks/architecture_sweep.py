@@ -134,7 +134,7 @@ def row(report: sc.ModelReport) -> list[str]:
         f"{report.build_s:.1f} / {report.forward_s:.2f}",
         f"{report.seconds:.0f}",
         report.status,
-        cell("; ".join(notes), 300),
+        cell("; ".join(dict.fromkeys(notes)), 300),
     ]
 
 

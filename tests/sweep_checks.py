@@ -353,12 +353,22 @@ RELU_LIKE_MODULES = (
 )  # fmt: skip
 
 
+def relu_like_modules() -> tuple[type[nn.Module], ...]:
+    """:data:`RELU_LIKE_MODULES` and timm's own GELU modules (one ``F.gelu`` call each)."""
+    try:
+        from timm.layers import activations
+    except ImportError:
+        return RELU_LIKE_MODULES
+    extra = tuple(getattr(activations, name) for name in ("GELU", "GELUTanh") if hasattr(activations, name))
+    return RELU_LIKE_MODULES + extra
+
+
 def zennit_deconvnet(model: nn.Module, x: Tensor, targets: Sequence[int], relu_like: bool = False) -> Tensor:
     """zennit's DeconvNet attribution of ``targets`` (one per row of ``x``).
 
     Args:
-        relu_like: also give the ReLU rule to the modules of :data:`RELU_LIKE_MODULES`
-            (the oracle of ``activations="rectify"``).
+        relu_like: also give the ReLU rule to the modules of :func:`relu_like_modules`
+            (the oracle of ``activations="rectify"`` where activations are such modules).
     """
     from zennit.composites import DeconvNet, LayerMapComposite
     from zennit.rules import ReLUDeconvNet
@@ -366,7 +376,7 @@ def zennit_deconvnet(model: nn.Module, x: Tensor, targets: Sequence[int], relu_l
     x = x.detach().clone().requires_grad_(True)
     composite = DeconvNet()
     if relu_like:  # zennit 0.4 has no layer_map argument: extend the composite's own map
-        composite = LayerMapComposite([*composite.layer_map, (RELU_LIKE_MODULES, ReLUDeconvNet())])
+        composite = LayerMapComposite([*composite.layer_map, (relu_like_modules(), ReLUDeconvNet())])
     with composite.context(model) as modified:
         out = modified(x)
         seed = torch.zeros_like(out)
