@@ -4,6 +4,9 @@ Records are ranked by value (descending), then dataset index, then y, then x
 (ascending). ``index * H * W + y * W + x`` is one ascending integer key for the last
 three, so a merge is two stable sorts. The state also keeps exact channel statistics
 (max, sum, counts) so that two states merge into the state of the union.
+
+:meth:`TopKState.fold` takes one batch of a layer's activations into the state, by the
+layer's :class:`FoldRule` (uniqueness mode, NaN policy, NMS kernel).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TopKState", "exact_sum_add", "exact_sum_value", "nms_kernel"]
+__all__ = ["FoldRule", "TopKState", "exact_sum_add", "exact_sum_value", "nms_kernel"]
 
 _NO_INDEX = -1
 
@@ -72,6 +75,21 @@ def exact_mean(buckets: Tensor, counts: Tensor) -> Tensor:
     )
 
 
+@dataclass(frozen=True)
+class FoldRule:
+    """How a batch enters one layer's top-k.
+
+    Attributes:
+        unique: ``"image"`` (one record per image and channel), ``"none"`` or ``"nms"``.
+        nan: ``"raise"`` on NaN activations, or ``"skip"`` them (counted in ``nan_count``).
+        kernel: the NMS overlap kernel of the layer (see :func:`nms_kernel`); ``"nms"`` only.
+    """
+
+    unique: str
+    nan: str
+    kernel: Tensor | None = None
+
+
 @dataclass
 class TopKState:
     """Top-k records and statistics of every channel of one layer.
@@ -122,7 +140,83 @@ class TopKState:
         moved: dict[str, Any] = {name: t.to(device) for name, t in self.tensors().items()}
         return TopKState(height=self.height, width=self.width, images=self.images, **moved)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The state as plain values and CPU tensors, as mining checkpoints store it.
+
+        Returns:
+            ``{"tensors": {name: Tensor}, "height": int, "width": int, "images": int}``;
+            ``torch.load(..., weights_only=True)`` reads it back.
+
+        Example:
+            >>> state = TopKState.empty(4, 9, 8, 8, torch.device("cpu"))
+            >>> TopKState.from_dict(state.to_dict()).k
+            9
+        """
+        tensors = {name: tensor.cpu() for name, tensor in self.tensors().items()}
+        return {"tensors": tensors, "height": self.height, "width": self.width, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], device: torch.device | str = "cpu") -> TopKState:
+        """The state :meth:`to_dict` wrote, on ``device``."""
+        state = cls(height=entry["height"], width=entry["width"], images=entry["images"], **entry["tensors"])
+        return state.to(device)
+
     # ---- updates --------------------------------------------------------------------
+
+    def fold(self, acts: Tensor, index: Tensor, rule: FoldRule, layer: str) -> None:
+        """Take one batch of the layer's activations into the records and statistics.
+
+        Args:
+            acts: ``[B, C, H, W]`` activations of the batch (detached here).
+            index: ``[B]`` their dataset indices, ascending.
+            rule: how the batch enters (uniqueness, NaN policy, NMS kernel).
+            layer: the layer's name, for error messages.
+
+        Raises:
+            ValueError: the layer's map size differs from the state's.
+            FloatingPointError: NaN activations with ``rule.nan == "raise"``.
+        """
+        acts = acts.detach()
+        b, c, h, w = acts.shape
+        if (h, w) != (self.height, self.width):
+            raise ValueError(f"layer {layer!r} changed its map size to {(h, w)} at image {int(index[0])}")
+        flat = acts.reshape(b, c, h * w)
+        # Two passes over the activations in the common case: the sums and the max. Each image's
+        # sum is a float32 reduction of its own row (the same whatever the batch); sums of
+        # images are then exact (see TopKState.total).
+        sums = flat.sum(dim=2).double()
+        positions = torch.full((c,), b * h * w, dtype=torch.long, device=acts.device)
+        nans = torch.zeros(c, dtype=torch.long, device=acts.device)
+        if bool(torch.isnan(sums).any()):  # NaN (or +inf and -inf) somewhere: look closer
+            skipped = _skip_nans(flat, index, rule.nan, layer)
+            if skipped is not None:
+                flat, sums, nans = skipped
+                positions = positions - nans
+                acts = flat.view(b, c, h, w)
+        best = flat.amax(dim=2)  # [B, C]
+        self.update_stats(sums, best, positions, nans)
+        candidates = self._candidates(acts, flat, best, index.to(acts.device), rule)
+        if candidates is not None:
+            values, key = candidates
+            self.merge_candidates(values.float(), key)
+
+    def _candidates(
+        self, acts: Tensor, flat: Tensor, best: Tensor, index: Tensor, rule: FoldRule
+    ) -> tuple[Tensor, Tensor] | None:
+        """The batch's candidate records ``[C, M]`` (values, keys), or None if none can enter."""
+        if rule.unique == "image":
+            # Positions only where the image can enter the channel's top-k (few, once the stream runs).
+            contenders = best >= self.values[:, -1]
+            if not bool(contenders.any()):
+                return None
+            position = torch.zeros_like(best, dtype=torch.long)
+            position[contenders] = flat[contenders].argmax(dim=1)
+            values = torch.where(contenders, best, torch.full_like(best, float("-inf")))
+            return image_candidates(values, position, index, self.height * self.width)
+        if rule.unique == "none":
+            return all_candidates(acts, index, self.k)
+        assert rule.kernel is not None, "unique='nms' needs the layer's NMS kernel"
+        return nms_candidates(acts, index, self.k, rule.kernel)
 
     def merge_candidates(self, values: Tensor, key: Tensor) -> None:
         """Keep the best k of the current records and ``values``/``key`` ``[C, M]``."""
@@ -170,6 +264,25 @@ class TopKState:
         self.images += other.images
 
 
+def _skip_nans(flat: Tensor, index: Tensor, nan: str, layer: str) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``flat [B, C, HW]`` with NaN as -inf, the NaN-free sums ``[B, C]`` and NaN counts ``[C]``.
+
+    None if ``flat`` holds no NaN (the sums were NaN from +inf and -inf). With ``nan="raise"``,
+    a FloatingPointError names the first images (dataset indices) that hold NaN.
+    """
+    nan_mask = torch.isnan(flat)
+    if not bool(nan_mask.any()):
+        return None
+    if nan == "raise":
+        bad = index[nan_mask.any(dim=2).any(dim=1).cpu()].tolist()
+        raise FloatingPointError(
+            f"layer {layer!r} produced NaN activations for images {bad[:10]}; fix the data or the "
+            "model, or pass nan='skip' to ignore NaN activations"
+        )
+    sums = flat.masked_fill(nan_mask, 0.0).sum(dim=2).double()
+    return flat.masked_fill(nan_mask, float("-inf")), sums, nan_mask.sum(dim=(0, 2))
+
+
 def _rank(values: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
     """Sort each row by value descending, then key ascending (empty slots last)."""
     order = torch.argsort(key, dim=1, stable=True)
@@ -212,7 +325,7 @@ def all_candidates(acts: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]
     return values, keys(flat_index).view(c, k)
 
 
-def nms_kernel(size: tuple[int, int], stride: tuple[int, int], threshold: float) -> Tensor:
+def nms_kernel(size: tuple[int, ...], stride: tuple[int, ...], threshold: float) -> Tensor:
     """Offsets (in units) whose receptive fields overlap with IoU above ``threshold``.
 
     Two units' boxes have the same size; shifted by ``(dy, dx)`` units they intersect in

@@ -1,0 +1,208 @@
+"""The arguments of :func:`~captum_deconvviz.mine_topk`, checked once, as a frozen config.
+
+:func:`mining_config` validates everything the caller passed before any image is read
+or any model work is done, so a wrong argument fails at once with the message the
+public API documents; the rest of mining reads the config and never re-checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import _datasource, _distributed
+from ._checkpoint import shard_path
+from ._forward import model_device, resolve_layer
+
+__all__ = ["MiningConfig", "Nan", "Unique", "mining_config"]
+
+Unique = Literal["image", "none", "nms"]
+Nan = Literal["raise", "skip"]
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Validated mining arguments.
+
+    Attributes:
+        layers: the layer specs, in the order given (no repeats).
+        k: records per channel.
+        unique: ``"image"``, ``"none"`` or ``"nms"``.
+        nms_threshold: IoU above which two records of an image conflict.
+        nan: ``"raise"`` or ``"skip"``.
+        batch_size: images per forward pass (a DataLoader keeps its own).
+        num_workers: DataLoader workers for a Dataset.
+        device: where to mine.
+        progress: show a progress bar (rank 0 only under ``torch.distributed``).
+        checkpoint: this shard's checkpoint file, or None.
+        checkpoint_every: seconds between checkpoint saves.
+        verify: re-run the forward on every record's image at the end.
+        num_images: the length of the whole dataset.
+        rank: this shard's rank.
+        world: the number of shards.
+        distributed: the shard comes from an initialized process group, whose ranks merge.
+    """
+
+    layers: tuple[str, ...]
+    k: int
+    unique: Unique
+    nms_threshold: float
+    nan: Nan
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    progress: bool
+    checkpoint: Path | None
+    checkpoint_every: float
+    verify: bool
+    num_images: int
+    rank: int
+    world: int
+    distributed: bool
+
+    @property
+    def order(self) -> range:
+        """The dataset indices this shard mines, ascending."""
+        return range(self.rank, self.num_images, self.world)
+
+    @property
+    def merges_all(self) -> bool:
+        """The result covers the whole dataset (one shard, or every rank merged)."""
+        return self.world == 1 or self.distributed
+
+    def identity(self, input_shape: tuple[int, ...], fingerprint: str) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed, and every rank must agree on.
+
+        The keys are those of the checkpoint format; do not rename them (old files resume).
+        """
+        return {
+            "layers": list(self.layers),
+            "k": self.k,
+            "unique": self.unique,
+            "nms_threshold": self.nms_threshold,
+            "nan": self.nan,
+            "num_images": self.num_images,
+            "input_shape": list(input_shape),
+            "model": fingerprint,
+            "shard": [self.rank, self.world],
+        }
+
+
+def mining_config(
+    model: nn.Module,
+    layers: str | nn.Module | Sequence[str | nn.Module],
+    data: Any,
+    *,
+    k: int,
+    unique: Unique,
+    batch_size: int,
+    device: str | torch.device | None,
+    progress: bool,
+    checkpoint: str | Path | None,
+    nms_threshold: float,
+    nan: Nan,
+    checkpoint_every: float,
+    num_workers: int,
+    verify: bool,
+    shard: tuple[int, int] | None,
+) -> MiningConfig:
+    """Check :func:`~captum_deconvviz.mine_topk`'s arguments (in its documented order) into a config.
+
+    Args:
+        model: the (checked) model, for layer names and the default device.
+        layers, data, k, unique, batch_size, device, progress, checkpoint, nms_threshold,
+            nan, checkpoint_every, num_workers, verify, shard: as :func:`mine_topk` takes them.
+
+    Returns:
+        The frozen :class:`MiningConfig`.
+
+    Raises:
+        ValueError, TypeError: the first argument that is wrong, with what was expected.
+
+    Example:
+        >>> config = mining_config(model, ["features.1"], images, k=9, unique="image", batch_size=64,
+        ...     device=None, progress=False, checkpoint=None, nms_threshold=0.5, nan="raise",
+        ...     checkpoint_every=60.0, num_workers=0, verify=False, shard=None)  # doctest: +SKIP
+        >>> config.layers
+        ('features.1',)
+    """
+    names = _layer_names(model, layers)
+    _check_options(k, unique, batch_size, num_workers, nan, nms_threshold)
+    _datasource.check_data(data)
+    total = _datasource.length(data)
+    if total == 0:
+        raise ValueError("data is empty: there is nothing to mine")
+    distributed = shard is None and _distributed.active()
+    rank, world = _check_shard(_distributed.rank_and_world() if distributed else shard)
+    if len(range(rank, total, world)) == 0:
+        raise ValueError(f"shard {rank} of {world} holds no images: the data has only {total}")
+    return MiningConfig(
+        layers=tuple(names),
+        k=k,
+        unique=unique,
+        nms_threshold=nms_threshold,
+        nan=nan,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=torch.device(device) if device is not None else _default_device(model),
+        progress=(progress and rank == 0) if distributed else progress,
+        checkpoint=shard_path(Path(checkpoint), rank, world) if checkpoint is not None else None,
+        checkpoint_every=checkpoint_every,
+        verify=verify,
+        num_images=total,
+        rank=rank,
+        world=world,
+        distributed=distributed,
+    )
+
+
+def _layer_names(model: nn.Module, layers: str | nn.Module | Sequence[str | nn.Module]) -> list[str]:
+    layer_list = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    if not layer_list:
+        raise ValueError("layers is empty: name at least one layer to mine")
+    names: list[str] = []
+    for layer in layer_list:
+        name, _ = resolve_layer(model, layer, argname="layers")
+        if name in names:
+            raise ValueError(f"layers names {name!r} twice")
+        names.append(name)
+    return names
+
+
+def _check_options(k: Any, unique: Any, batch_size: Any, num_workers: Any, nan: Any, nms_threshold: Any) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if unique not in ("image", "none", "nms"):
+        raise ValueError(f"unique must be 'image', 'none' or 'nms', got {unique!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    if nan not in ("raise", "skip"):
+        raise ValueError(f"nan must be 'raise' or 'skip', got {nan!r}")
+    if not 0.0 <= nms_threshold < 1.0:
+        raise ValueError(f"nms_threshold must be in [0, 1), got {nms_threshold!r}")
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    return int(shard[0]), int(shard[1])
+
+
+def _default_device(model: nn.Module) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return model_device(model) or torch.device("cpu")
