@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["active", "all_gather_results", "check_same_config", "init_from_env", "is_main", "rank_and_world"]
+__all__ = [
+    "Gatherable",
+    "active",
+    "all_gather_results",
+    "check_same_config",
+    "init_from_env",
+    "is_main",
+    "rank_and_world",
+]
 
 
 def active() -> bool:
@@ -58,10 +66,27 @@ def check_same_config(config: dict[str, Any]) -> None:
             )
 
 
-def all_gather_results(result: Any) -> list[Any]:
-    """Every rank's result, on every rank."""
-    from .mining_result import MiningResult
+ResultT = TypeVar("ResultT", bound="Gatherable")
 
+
+class Gatherable(Protocol):
+    """What :func:`all_gather_results` carries: a result that round-trips through a dict."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Any: ...
+
+
+def all_gather_results(result: ResultT) -> list[ResultT]:
+    """Every rank's result, on every rank, rebuilt as the class of ``result``.
+
+    Results travel as their public :meth:`to_dict` (plain values and CPU tensors), so this
+    module needs no import of the result class.
+
+    Example:
+        >>> merged = MiningResult.merge(all_gather_results(result))  # doctest: +SKIP
+    """
     payloads: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(payloads, result._payload())
-    return [MiningResult._from_payload(payload) for payload in payloads]
+    dist.all_gather_object(payloads, result.to_dict())
+    return [type(result).from_dict(payload) for payload in payloads]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import _datasource
 from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
+from ._taps import layer_activations
 from ._topk import TopKState, exact_mean
 from .receptive_field import ReceptiveField
 
@@ -361,8 +362,6 @@ class MiningResult:
         Raises:
             MiningVerificationError: listing the records whose value was not reproduced.
         """
-        from .mining import layer_activations
-
         indices = sorted(
             {r.index for layer in self.layers for c in range(self.channels(layer)) for r in self.records(layer, c)}
         )
@@ -452,9 +451,19 @@ class MiningResult:
         The file loads with :meth:`load` (``torch.load(..., weights_only=True)``).
         Written atomically: a crash never leaves a half-written file.
         """
-        atomic_save(self._payload(), Path(path))
+        atomic_save(self.to_dict(), Path(path))
 
-    def _payload(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain values and CPU tensors: what :meth:`save` writes.
+
+        Returns:
+            A dict that ``torch.save`` and ``torch.distributed.all_gather_object`` carry and
+            :meth:`from_dict` turns back into an equal result.
+
+        Example:
+            >>> MiningResult.from_dict(result.to_dict()).layers == result.layers  # doctest: +SKIP
+            True
+        """
         return {
             "format": _FORMAT,
             "k": self.k,
@@ -487,10 +496,11 @@ class MiningResult:
             raise ValueError(f"{path} is not a saved MiningResult ({type(err).__name__}: {err})") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved MiningResult (format {_FORMAT})")
-        return cls._from_payload(payload)
+        return cls.from_dict(payload)
 
     @classmethod
-    def _from_payload(cls, payload: dict[str, Any]) -> MiningResult:
+    def from_dict(cls, payload: dict[str, Any]) -> MiningResult:
+        """The result :meth:`to_dict` described (its crop cache starts empty)."""
         states, fields = {}, {}
         for name, entry in payload["layers"].items():
             states[name] = TopKState(
