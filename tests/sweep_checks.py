@@ -395,8 +395,7 @@ def plain_gradient(model: nn.Module, x: Tensor, targets: Sequence[int]) -> Tenso
 
 def relu_calls(model: nn.Module, x: Tensor) -> tuple[int, int]:
     """``(ReLU ops the engine routes, calls of nn.ReLU modules)`` in one forward pass."""
-    from captum_deconvviz._ops import RELU_OPS, RELU_SPELLINGS
-    from captum_deconvviz.engine import ReverseRules
+    from captum_deconvviz.engine import ReverseRules, activation_rule
 
     calls = [0]
     hooks = [
@@ -410,7 +409,8 @@ def relu_calls(model: nn.Module, x: Tensor) -> tuple[int, int]:
     finally:
         for h in hooks:
             h.remove()
-    routed = sum(n for op, n in mode.routed.items() if op in RELU_OPS or op in RELU_SPELLINGS)
+    relu_rule = activation_rule("relu")
+    routed = sum(n for op, n in mode.routed.items() if activation_rule(op, "zf", "gradient") == relu_rule)
     return routed, calls[0]
 
 
@@ -449,7 +449,11 @@ def check_attribution(model: nn.Module, x: Tensor, targets: Sequence[int], rel_t
     if relative_error(ours, plain_gradient(model, x, targets)) <= rel_tol:
         outcome.note = "no ReLU: equals the plain gradient; " + _rectify_check(model, x, targets, rel_tol)
     if not error <= rel_tol:
-        routed, module_calls = relu_calls(model, x[:1])
+        try:
+            routed, module_calls = relu_calls(model, x[:1])
+        except Exception as err:
+            routed, module_calls = 0, 0
+            outcome.note = f"ReLU calls not counted ({classify(err)[1]})"
         if routed > module_calls:
             hidden = f"{routed - module_calls} of {routed} ReLU calls are functional, unseen by zennit"
             try:
@@ -685,10 +689,22 @@ def run_model(spec: ModelSpec, profile: Profile) -> ModelReport:
         report.error = f"setup: {classify(err)[1]}"
         report.seconds = time.perf_counter() - start
         return report
-    report.attribution = check_attribution(model, images[:2], [3, 7])
-    report.fields = check_fields(model, layers, channel_layer, (3, size, size), profile)
     mined = sorted(layers, key=lambda name: "[" not in name)[: profile.mining_layers]  # tuple outputs first
-    report.mining = check_mining(model, mined, images[: profile.images])
+    checks: list[tuple[str, Callable[[], Any]]] = [
+        ("attribution", lambda: check_attribution(model, images[:2], [3, 7])),
+        ("fields", lambda: check_fields(model, layers, channel_layer, (3, size, size), profile)),
+        ("mining", lambda: check_mining(model, mined, images[: profile.images])),
+    ]
+    for attr, check in checks:
+        t = time.perf_counter()
+        try:
+            setattr(report, attr, check())
+        except TimeoutError:
+            raise
+        except Exception as err:  # a bug of the sweep itself: say so rather than stop the sweep
+            outcome = error_outcome(err, attr, t)
+            outcome.kind, outcome.message = FAILED, f"sweep error: {outcome.message}"
+            setattr(report, attr, [outcome] if attr == "fields" else outcome)
     report.seconds = time.perf_counter() - start
     return report
 

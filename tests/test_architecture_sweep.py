@@ -12,11 +12,13 @@ are expected failures; after, they fail the test.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sweep_checks as sc
 import torch
+from torch import nn
 
 pytest.importorskip("timm", reason="the zoo sweep builds timm models: pip install -e '.[test]'")
 
@@ -83,3 +85,26 @@ def test_sweep_script_renders_its_table() -> None:
     assert "| `a` | A | 64 | 0.0e+00 | 1/1 |" in text and "GroupNorm statistics (1: bn1)" in text
     assert "x \\| y" in text and "silently wrong fields: 1 checks in 1 models (tv/b|c)" in text
     assert good.status == "supported" and bad.status == "FAILED"
+
+
+def test_check_field_catches_a_wrong_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3)).eval()
+    units = [(4, 4), (0, 0)]
+    right = sc.check_field(net, "2", (1, 12, 12), units)
+    assert right.kind == sc.PASS, sc.describe(right)
+    real = sc.receptive_field
+    monkeypatch.setattr(sc, "receptive_field", lambda *a, **k: replace(real(*a, **k), size=(3, 3), reach=None))
+    wrong = sc.check_field(net, "2", (1, 12, 12), units)
+    assert wrong.kind == sc.WRONG and "unit (4, 4)" in wrong.message
+
+
+def test_check_field_catches_an_unreported_global_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 4, 3)).eval()
+    reported = sc.check_field(net, "2", (1, 12, 12), [(4, 4)])
+    if reported.global_via is None:
+        pytest.xfail("ReceptiveField.global_via has not landed (issue 12)")
+    assert reported.kind == sc.PASS and reported.global_via, sc.describe(reported)
+    real = sc.receptive_field
+    monkeypatch.setattr(sc, "receptive_field", lambda *a, **k: replace(real(*a, **k), global_via=()))
+    hidden = sc.check_field(net, "2", (1, 12, 12), [(4, 4)])
+    assert hidden.kind == sc.WRONG, sc.describe(hidden)
