@@ -7,10 +7,15 @@ channels of a concatenation) against the gradient probe, with global statistics 
 gates (``global_via``) open and detached; a verified ``mine_topk`` run with patches and
 projections. A model is "supported" when every check passes, "refused" when the package
 raised a clear error, "FAILED" on a wrong field, a wrong attribution, or an exception
-from inside torch/numpy. The CI subset is ``tests/test_architecture_sweep.py``.
+from inside torch/numpy; "incomplete" when checks were skipped because the installed
+package lacks part of issue 12's API. The CI subset is ``tests/test_architecture_sweep.py``.
+
+Profiles: full (160 px; 3 layers, 6 units, 3 channels, 2 mined layers; ~15-40 min on
+one core, depending on load), ``--quick`` (64 px, 96 for Inception and NASNet; 4 units,
+2 channels, one mined layer; ~8 min), ``--ci`` (the CI profile: quick with 2 layers).
 
 Usage:
-    python benchmarks/architecture_sweep.py [--quick] [--timm-only | --torchvision-only]
+    python benchmarks/architecture_sweep.py [--quick | --ci] [--timm-only | --torchvision-only]
         [--models resnet26d,tv/resnet18] [--out sweep.md] [--threads 1] [--timeout 900]
 
 Model names are timm's; torchvision models are prefixed ``tv/`` (``--list`` prints all).
