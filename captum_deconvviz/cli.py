@@ -92,7 +92,16 @@ def _normalization(args: argparse.Namespace) -> Normalization:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every number a command was given, checked before any model, image or file is read."""
-    for option, least in (("k", 1), ("batch_size", 1), ("limit", 1), ("image_size", 1), ("workers", 0), ("images", 1)):
+    numbers = (
+        ("k", 1),
+        ("batch_size", 1),
+        ("limit", 1),
+        ("image_size", 1),
+        ("workers", 0),
+        ("images", 1),
+        ("channel", 0),
+    )
+    for option, least in numbers:
         value = getattr(args, option, None)
         if value is not None and value < least:
             raise ValueError(f"--{option.replace('_', '-')} must be >= {least}, got {value}")
@@ -102,6 +111,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     size = getattr(args, "input_size", None)
     if size is not None and (len(size) < 2 or min(size) < 1):
         raise ValueError(f"--input-size needs C H W (each >= 1), got {' '.join(map(str, size))}")
+    if getattr(args, "channel", None) is not None and not getattr(args, "layer", None):
+        raise ValueError("--channel needs --layer: it picks one channel of that layer")
     if hasattr(args, "normalize"):  # mine, report, compare
         args.normalization = _normalization(args)
 
@@ -308,7 +319,10 @@ def _cmd_rf(args: argparse.Namespace) -> int:
     model = _model(args)
     shape = tuple(args.input_size)
     if args.layer:
-        print(receptive_field(model, args.layer, shape, method=args.method, verify=args.verify))
+        rf = receptive_field(model, args.layer, shape, method=args.method, verify=args.verify, channel=args.channel)
+        print(rf)
+        for reason in rf.global_via:
+            print(f"  also depends on the whole input through the {reason}")
         return 0
     table = receptive_field_table(model, shape)
     print(table.to_markdown() if args.markdown else table)
@@ -366,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (or of one layer)")
     _add_model_arguments(rf)
     rf.add_argument("--input-size", nargs="+", type=int, default=[3, 224, 224], metavar="N", help="C H W")
-    rf.add_argument("--layer", default=None, help="only this layer (module name)")
+    rf.add_argument("--layer", default=None, help="only this layer (module name; 'stages.1[0]' picks from a tuple)")
+    rf.add_argument("--channel", type=int, default=None, help="with --layer: this channel's own field")
     rf.add_argument("--method", choices=["analytic", "probe"], default="analytic")
     rf.add_argument("--verify", action="store_true", help="check the analytic answer against the probe")
     rf.add_argument("--markdown", action="store_true", help="print a Markdown table")

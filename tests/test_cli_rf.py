@@ -96,3 +96,17 @@ def test_factory_specs() -> None:
         load_model("no_such_module:f")
     with pytest.raises(ModelLoadError, match="cannot read model spec"):
         load_model("resnet18")
+
+
+def test_rf_channel_gives_one_channels_field(capsys: pytest.CaptureFixture[str]) -> None:
+    # DenseNet's first dense block: channel 0 is the block's input, passed through (a smaller field).
+    argv = ["rf", "--model", "torchvision:densenet121", "--input-size", "3", "64", "64"]
+    assert main([*argv, "--layer", "features.denseblock1", "--channel", "0"]) == 0
+    first = capsys.readouterr().out
+    assert main([*argv, "--layer", "features.denseblock1"]) == 0
+    whole = capsys.readouterr().out
+    assert "size 11x11" in first and "size 59x59" in whole  # + 6 dense layers x 3x3 at stride 4
+    assert main([*argv, "--channel", "0"]) == 2
+    assert "--channel needs --layer" in capsys.readouterr().err
+    assert main([*argv, "--layer", "features.denseblock1", "--channel", "-1"]) == 2
+    assert "--channel must be >= 0, got -1" in capsys.readouterr().err
