@@ -140,9 +140,7 @@ def mine_topk(
         shard=shard,
     )
     input_shape = tuple(_datasource.fetch(data, [config.order[0]]).shape[1:])
-    work_model = model
-    if model_device(model) not in (None, config.device):
-        work_model = copy.deepcopy(model).to(config.device)  # never move the user's model
+    work_model = _on_device(model, config.device)
     fingerprint = model_fingerprint(model)
     fields, field_errors = _fields(model, config.layers, input_shape)
     identity = config.identity(input_shape, fingerprint)
@@ -154,21 +152,31 @@ def mine_topk(
     end = _stream(work_model, data, config, folds, start, saver)
     if saver is not None:
         saver.save(states, end)
-    if config.merges_all and (
-        k > config.num_images
-        or (unique != "image" and any(k > config.num_images * s.height * s.width for s in states.values()))
-    ):
-        warnings.warn(
-            f"k={k} but only {config.num_images} images were mined: channels hold fewer than k records",
-            UserWarning,
-            stacklevel=2,
-        )
+    _warn_if_short(config, states)
     result = _result(config, states, fields, field_errors, input_shape, fingerprint)
     if config.distributed:
         result = MiningResult.merge(_distributed.all_gather_results(result))
     if config.verify:
         result.verify(work_model, data)
     return result
+
+
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model to mine with: itself, or a copy on ``device`` (the user's model never moves)."""
+    if model_device(model) not in (None, device):
+        return copy.deepcopy(model).to(device)
+    return model
+
+
+def _warn_if_short(config: MiningConfig, states: dict[str, TopKState]) -> None:
+    """Warn (at the caller of mine_topk) when channels of the whole dataset hold fewer than k records."""
+    total, k = config.num_images, config.k
+    if config.merges_all and (
+        k > total or (config.unique != "image" and any(k > total * s.height * s.width for s in states.values()))
+    ):
+        warnings.warn(
+            f"k={k} but only {total} images were mined: channels hold fewer than k records", UserWarning, stacklevel=3
+        )
 
 
 class _Folds:
