@@ -2,7 +2,14 @@
 
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 from .compare import ComparisonResult, RandomizationResult, compare_methods, randomization_test
-from .diagnose import Diagnosis, diagnose, feature_evolution, renormalize_after_step, renormalize_filters_
+from .diagnose import (
+    Diagnosis,
+    FeatureEvolution,
+    diagnose,
+    renormalize_after_step,
+    renormalize_filters_,
+    track_features,
+)
 from .engine import ReverseRules
 from .mining import mine_topk
 from .mining_result import ChannelStats, Crops, MiningResult, Record
@@ -14,7 +21,17 @@ from .receptive_field import (
     receptive_field,
     receptive_field_table,
 )
-from .viz import plot_filters, plot_hierarchy, plot_topk
+from .viz import (
+    feature_evolution,
+    hierarchy_channels,
+    plot_comparison,
+    plot_diagnosis,
+    plot_feature_evolution,
+    plot_filters,
+    plot_hierarchy,
+    plot_randomization,
+    plot_topk,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -24,6 +41,7 @@ __all__ = [
     "Crops",
     "Diagnosis",
     "EngineGuidedBackprop",
+    "FeatureEvolution",
     "MiningResult",
     "NeuronEngineGuidedBackprop",
     "NeuronZFDeconvolution",
@@ -38,9 +56,14 @@ __all__ = [
     "compare_methods",
     "diagnose",
     "feature_evolution",
+    "hierarchy_channels",
     "mine_topk",
+    "plot_comparison",
+    "plot_diagnosis",
+    "plot_feature_evolution",
     "plot_filters",
     "plot_hierarchy",
+    "plot_randomization",
     "plot_topk",
     "project_records",
     "project_units",
@@ -49,4 +72,5 @@ __all__ = [
     "receptive_field_table",
     "renormalize_after_step",
     "renormalize_filters_",
+    "track_features",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ _LINKS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.MaxPool2d
 
 
 def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _keeps_activity(module: nn.Module, inputs: Tensor, output: Tensor) -> bool:
@@ -133,7 +133,7 @@ def activity_sources(model: nn.Module, names: Sequence[str], mined: Sequence[str
 def stream(
     model: nn.Module,
     activity: Sequence[str],
-    aliasing: dict[str, Callable[[nn.Module, Tensor], Tensor]],
+    aliasing: Mapping[str, Callable[[nn.Module, Tensor], Tensor]],
     data: Any,
     batch_size: int,
     progress: bool,

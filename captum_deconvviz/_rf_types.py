@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ._geometry import box_slices
+from ._tables import to_html, to_markdown
 
 __all__ = ["ReceptiveField", "ReceptiveFieldError", "ReceptiveFieldTable", "check_input_shape"]
 
@@ -188,14 +188,14 @@ class ReceptiveFieldTable(list):
 
     def to_markdown(self) -> str:
         """The table in Markdown."""
-        lines = ["| " + " | ".join(self._HEADER) + " |", "|" + "---|" * len(self._HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in self._cells()]
-        return "\n".join(lines)
+        return to_markdown(self._HEADER, self._cells())
+
+    def to_html(self) -> str:
+        """The table in HTML, every cell escaped (notebooks show it; the report embeds it)."""
+        return to_html(self._HEADER, self._cells())
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self._cells())
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return self.to_html()
 
 
 def check_input_shape(input_shape: Any) -> tuple[int, ...]:

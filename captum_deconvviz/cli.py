@@ -296,6 +296,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_methods
+    from .viz import plot_comparison
 
     model = _model(args)
     dataset, display, names, _ = _data(args)
@@ -307,7 +308,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         target = int(args.target)
     result = compare_methods(model, images, target=target, methods=args.methods)
-    fig, _ = result.plot(display=display, use_pyplot=False)
+    fig, _ = plot_comparison(result, display=display, use_pyplot=False)
     fig.savefig(args.out, dpi=200)
     print(result.table())
     print(f"wrote {args.out} ({count} images: {', '.join(names[:count])}; target {args.target}; "

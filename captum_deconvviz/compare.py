@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -27,11 +27,10 @@ from captum.attr import (
     NeuronGuidedBackprop,
     Saliency,
 )
-from captum.attr import visualization as captum_viz
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ._forward import check_model, check_target, format_inputs, resolve_layer, run_forward
+from ._tables import to_markdown
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 
 __all__ = [
@@ -195,64 +194,15 @@ class ComparisonResult:
 
     def table(self) -> str:
         """A Markdown table of the mean agreement of each pair over the examples."""
-        lines = ["| method A | method B | Spearman | Spearman abs | SSIM abs |", "|---|---|---|---|---|"]
-        for (a, b), values in self.metrics.items():
-            cells = [f"{float(np.nanmean(values[m].numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim")]
-            lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        rows = [
+            [a, b, *(f"{float(np.nanmean(values[m].numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
+            for (a, b), values in self.metrics.items()
+        ]
+        return to_markdown(["method A", "method B", "Spearman", "Spearman abs", "SSIM abs"], rows)
 
-    def plot(
-        self,
-        examples: Sequence[int] | None = None,
-        method: str = "heat_map",
-        sign: str = "absolute_value",
-        outlier_perc: float = 2,
-        display: Callable[[Tensor], Tensor] | None = None,
-        cell_inches: float = 1.6,
-        use_pyplot: bool = True,
-    ) -> tuple[Figure, np.ndarray]:
-        """Side-by-side panels (rows: examples; columns: input, then each method), drawn by Captum.
+    if TYPE_CHECKING:  # deprecated; installed by viz, which draws results: plot_comparison(result, ...)
 
-        Args:
-            examples: which examples (default: up to 4).
-            method, sign, outlier_perc: passed to ``visualize_image_attr``.
-            display: maps an input to [0, 1] RGB for the first column.
-            cell_inches: panel size.
-            use_pyplot: as in Captum.
-        """
-        from .viz import _display, _figure, _finish
-
-        rows = list(examples) if examples is not None else list(range(min(4, len(self.inputs))))
-        names = list(self.maps)
-        fig = _figure(use_pyplot, ((len(names) + 1) * cell_inches, len(rows) * cell_inches + 0.3))
-        axes = np.array(fig.subplots(len(rows), len(names) + 1, squeeze=False))
-        for r, example in enumerate(rows):
-            image = _display(self.inputs[example], display)
-            axes[r, 0].imshow(image, interpolation="nearest")
-            axes[r, 0].set_xticks([])
-            axes[r, 0].set_yticks([])
-            if r == 0:
-                axes[r, 0].set_title("input", fontsize=8)
-            original = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-            for c, name in enumerate(names, start=1):
-                attr = self.maps[name][example].detach().float().cpu().permute(1, 2, 0).numpy()
-                ax = axes[r, c]
-                if not np.any(attr):
-                    ax.set_facecolor("0.5")
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                else:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        captum_viz.visualize_image_attr(
-                            attr, original, method=method, sign=sign, outlier_perc=outlier_perc,
-                            plt_fig_axis=(fig, ax), use_pyplot=False,
-                        )  # fmt: skip
-                if r == 0:
-                    ax.set_title(name.replace("_", " "), fontsize=8)
-        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.05, hspace=0.05)
-        _finish(fig, use_pyplot)
-        return fig, axes
+        def plot(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def _check_shapes(inputs: Tensor, target: Any) -> None:
@@ -287,7 +237,7 @@ def compare_methods(
     Returns:
         A :class:`ComparisonResult` with the maps, pairwise metrics (Spearman rank
         correlation of the channel-summed maps, of their absolute values, and SSIM of
-        the absolute maps, per example) and ``.plot()``.
+        the absolute maps, per example); :func:`~captum_deconvviz.plot_comparison` draws it.
 
     Example:
         >>> from captum_deconvviz.zoo import load_default_model, default_sample
@@ -346,31 +296,13 @@ class RandomizationResult:
     def table(self, metric: str = "spearman_abs") -> str:
         """A Markdown table of the mean ``metric`` per step and method."""
         names = list(self.similarity)
-        lines = ["| randomized | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        for i, step in enumerate(self.steps):
-            lines.append(f"| {step} | " + " | ".join(f"{self.mean(n, metric)[i]:.3f}" for n in names) + " |")
-        return "\n".join(lines)
+        curves = [self.mean(name, metric) for name in names]
+        rows = [[step, *(f"{curve[i]:.3f}" for curve in curves)] for i, step in enumerate(self.steps)]
+        return to_markdown(["randomized", *names], rows)
 
-    def plot(self, metrics: Sequence[str] = ("spearman_abs", "ssim"), use_pyplot: bool = True) -> tuple[Figure, Any]:
-        """Similarity curves (one panel per metric, one line per method), as in Adebayo et al. Fig. 2."""
-        from .viz import _figure, _finish
+    if TYPE_CHECKING:  # deprecated; installed by viz, which draws results: plot_randomization(result, ...)
 
-        fig = _figure(use_pyplot, (4.2 * len(metrics), 3.4))
-        axes = np.atleast_1d(np.array(fig.subplots(1, len(metrics))))
-        x = np.arange(len(self.steps))
-        for ax, metric in zip(axes, metrics, strict=True):
-            for name in self.similarity:
-                ax.plot(x, self.mean(name, metric), marker="o", label=name.replace("_", " "))
-            ax.set_xticks(x)
-            ax.set_xticklabels(self.steps, rotation=60, ha="right", fontsize=7)
-            ax.set_ylim(-0.1 if metric.startswith("spearman") else 0, 1.05)
-            ax.set_ylabel(metric.replace("_", " "))
-            ax.axhline(0, color="0.8", lw=0.8)
-            ax.set_title(f"{self.mode} randomization", fontsize=9)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        _finish(fig, use_pyplot)
-        return fig, axes
+        def plot(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def _randomizable(model: nn.Module) -> list[str]:
@@ -390,7 +322,9 @@ def randomization_test(
     methods: Sequence[str] = ("zf_deconv", "guided_backprop", "saliency"),
     mode: Literal["cascading", "independent"] = "cascading",
     layers: Sequence[str] | None = None,
-    seed: int = 0,
+    random_state: int = 0,
+    *,
+    seed: int | None = None,
 ) -> RandomizationResult:
     """Model-parameter randomization test (Adebayo et al. 2018), top layer first.
 
@@ -407,11 +341,26 @@ def randomization_test(
         mode: ``"cascading"`` or ``"independent"``.
         layers: layer names to randomize, in order; default every module with its own
             weights (``reset_parameters``), from the output back to the input.
-        seed: seeds the re-initialization.
+        random_state: seeds the re-initialization (step ``i`` uses ``random_state + i``).
+        seed: deprecated spelling of ``random_state`` (``seed`` names the projection seed,
+            ``"activation"`` or ``"one"``, elsewhere in the package).
 
     Returns:
-        A :class:`RandomizationResult`; ``.plot()`` draws the curves, ``.table()`` the numbers.
+        A :class:`RandomizationResult`; :func:`~captum_deconvviz.plot_randomization`
+        draws the curves, ``.table()`` gives the numbers.
+
+    Example:
+        >>> from captum_deconvviz.zoo import load_default_model, default_sample
+        >>> images = torch.stack([default_sample()[i][0] for i in range(4)])
+        >>> test = randomization_test(load_default_model(), images, target=0, random_state=0)  # doctest: +SKIP
+        >>> print(test.table())  # doctest: +SKIP
     """
+    if seed is not None:
+        message = (
+            "randomization_test(seed=...) is deprecated and will be removed in the next release: use random_state="
+        )
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        random_state = seed
     model = check_model(model)
     names = _check_methods(methods)
     if mode not in ("cascading", "independent"):
@@ -429,11 +378,11 @@ def randomization_test(
     }
     generator_state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(seed)
+        torch.manual_seed(random_state)
         cascade = copy.deepcopy(model)
         for step, name in enumerate(steps):
             current = cascade if mode == "cascading" else copy.deepcopy(model)
-            torch.manual_seed(seed + step)
+            torch.manual_seed(random_state + step)
             dict(current.named_modules())[name].reset_parameters()
             for m in names:
                 values = agreement(original[m], _attribute(m, current, inputs, target, None, None))

@@ -20,32 +20,33 @@ with stride 2 and renormalized filters whose RMS exceeded 0.1.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from . import _datasource
 from ._diagnose_pass import activity_sources, stream
 from ._forward import check_model, resolve_layer
+from ._tables import to_html, to_markdown
 from .mining import mine_topk, model_fingerprint
-from .mining_result import MiningResult
+from .mining_result import Crops, MiningResult
 
 __all__ = [
     "Diagnosis",
+    "FeatureEvolution",
     "LayerDiagnosis",
     "aliasing_score",
     "diagnose",
-    "feature_evolution",
     "high_frequency_fraction",
     "renormalize_after_step",
     "renormalize_filters_",
+    "track_features",
 ]
 
 ZF_RADIUS = 0.1
@@ -166,72 +167,36 @@ class Diagnosis:
                 return layer
         raise KeyError(f"layer {name!r} was not diagnosed; diagnosed: {[lay.name for lay in self.layers]}")
 
-    def table(self) -> str:
-        """A Markdown table of every layer's summary."""
-        lines = [
-            "| layer | type | channels | dead | RMS max | > 0.1 | high-freq. mean | noisy | stride | aliasing |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        """The summary table: its header and one row of text per layer."""
+        header = ["layer", "type", "channels", "dead", "RMS max", "> 0.1", "high-freq. mean", "noisy", "stride",
+                  "aliasing"]  # fmt: skip
+        rows = []
         for layer in self.layers:
             s = layer.summary()
 
             def cell(key: str, fmt: str = "{}", s: dict[str, Any] = s) -> str:
                 return fmt.format(s[key]) if key in s and s[key] is not None else ""
 
-            lines.append(
-                f"| {s['layer']} | {s['type']} | {s['channels']} | {s['dead']} | {cell('rms_max', '{:.3f}')} | "
-                f"{cell('above_radius')} | {cell('high_frequency_mean', '{:.2f}')} | {cell('noisy')} | "
-                f"{cell('stride')} | {_aliasing_cell(s.get('aliasing_mean'))} |"
-            )
-        return "\n".join(lines)
+            rows.append([
+                str(s["layer"]), str(s["type"]), str(s["channels"]), str(s["dead"]), cell("rms_max", "{:.3f}"),
+                cell("above_radius"), cell("high_frequency_mean", "{:.2f}"), cell("noisy"), cell("stride"),
+                _aliasing_cell(s.get("aliasing_mean")),
+            ])  # fmt: skip
+        return header, rows
+
+    def table(self) -> str:
+        """A Markdown table of every layer's summary."""
+        return to_markdown(*self._rows())
 
     def to_html(self) -> str:
         """The table as escaped HTML, for the report, followed by the notes (where the numbers come from)."""
-        rows = self.table().splitlines()
-        head = [c.strip() for c in rows[0].strip("|").split("|")]
-        body = [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
-        return (
-            "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-            + "</tbody></table>"
-            + "".join(f'<p class="note">{html.escape(note)}</p>' for note in self.notes)
-        )  # fmt: skip
+        notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in self.notes)
+        return to_html(*self._rows()) + notes
 
-    def plot(self, use_pyplot: bool = True) -> tuple[Figure, np.ndarray]:
-        """Dead filters per layer, first-layer RMS and frequency content, aliasing per strided layer."""
-        from .viz import _figure, _finish
+    if TYPE_CHECKING:  # deprecated; installed by viz, which draws results: plot_diagnosis(diagnosis, ...)
 
-        fig = _figure(use_pyplot, (13, 3.2))
-        axes = np.array(fig.subplots(1, 4))
-        names = [layer.name for layer in self.layers]
-        dead = [float(layer.dead.float().mean()) for layer in self.layers]
-        axes[0].bar(range(len(names)), dead, color="#b33")
-        axes[0].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        axes[0].set_ylabel("fraction of dead filters")
-        axes[0].set_ylim(0, max(0.05, 1.15 * max(dead, default=0.0)))
-        if not any(dead):
-            axes[0].text(0.5, 0.5, "no dead filters", transform=axes[0].transAxes, ha="center", fontsize=9)
-        first = next((layer for layer in self.layers if layer.high_frequency is not None), None)
-        if first is not None and first.rms is not None:
-            axes[1].bar(range(len(first.rms)), first.rms.sort(descending=True).values.numpy(), color="#357")
-            axes[1].axhline(ZF_RADIUS, color="k", ls="--", lw=1, label="ZF radius 0.1")
-            axes[1].set_title(f"{first.name}: filter RMS", fontsize=9)
-            axes[1].legend(fontsize=7)
-            axes[2].hist(first.high_frequency.numpy(), bins=np.linspace(0, 1, 21), color="#575")
-            axes[2].axvline(NOISE_THRESHOLD, color="k", ls="--", lw=1, label="noise threshold")
-            axes[2].set_title(f"{first.name}: high-frequency fraction", fontsize=9)
-            axes[2].legend(fontsize=7)
-        strided = [layer for layer in self.layers if layer.aliasing is not None]
-        scores = [float(layer.aliasing.mean()) for layer in strided]
-        axes[3].bar(range(len(strided)), np.nan_to_num(scores, nan=0.0), color="#a60")
-        for i, score in enumerate(scores):
-            if np.isnan(score):
-                axes[3].text(i, 0.02, "map too\nsmall", ha="center", fontsize=6)
-        axes[3].set_xticks(range(len(strided)), [f"{lay.name}\n/{lay.stride[0]}" for lay in strided], fontsize=7)
-        axes[3].set_ylabel("aliased energy fraction")
-        fig.tight_layout()
-        _finish(fig, use_pyplot)
-        return fig, axes
+        def plot(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def _stride_of(module: nn.Module) -> tuple[int, int] | None:
@@ -303,6 +268,47 @@ def diagnose(
         >>> diagnosis = diagnose(model, data, result=mined)  # doctest: +SKIP
     """
     model = check_model(model)
+    names, total = _check_arguments(model, data, layers, batch_size, max_images, result)
+    modules = dict(model.named_modules())
+    dead: dict[str, Tensor] = {}
+    sources: dict[str, str] = {}
+    if result is not None:
+        sources = activity_sources(model, names, result.layers, _datasource.fetch(data, [0]))
+        dead = {name: result.stats(source).dead for name, source in sources.items()}
+    if max_images is not None and total > max_images:
+        if isinstance(data, Tensor):
+            data = data[:max_images]
+        else:
+            data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
+    strided = {name: _score_of for name in names if _stride_of(modules[name]) is not None}
+    missing = [name for name in names if name not in sources]
+    active: dict[str, Tensor] = {}
+    aliasing: dict[str, Tensor] = {}
+    streamed = 0
+    if missing or strided:
+        active, aliasing, streamed = stream(model, missing, strided, data, batch_size, progress)
+    dead.update({name: active[name] == 0 for name in missing})
+    notes = []
+    if result is not None and sources:
+        pairs = ", ".join(f"{name} from {source}" for name, source in sources.items())
+        notes.append(f"Dead filters over the {result.num_images} mined images, from the mining statistics: {pairs}.")
+    if missing:
+        notes.append(f"Dead filters over {streamed} images: {', '.join(missing)}.")
+    if aliasing:
+        notes.append(f"Aliasing over {streamed} images.")
+    images = streamed if missing or result is None else result.num_images
+    return Diagnosis(_layer_diagnoses(modules, names, dead, aliasing), images, notes)
+
+
+def _check_arguments(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | None,
+    batch_size: int,
+    max_images: int | None,
+    result: MiningResult | None,
+) -> tuple[list[str], int]:
+    """Every argument of :func:`diagnose` checked before any forward pass: the layer names and the data's length."""
     _datasource.check_data(data)
     if layers is None:
         layers = [
@@ -322,47 +328,28 @@ def diagnose(
         raise ValueError("data is empty: there is nothing to diagnose")
     if result is not None:
         _check_result(result, model, total)
-    modules = dict(model.named_modules())
-    sources: dict[str, str] = {}
-    if result is not None:
-        sources = activity_sources(model, names, result.layers, _datasource.fetch(data, [0]))
-    if max_images is not None and total > max_images:
-        if isinstance(data, Tensor):
-            data = data[:max_images]
-        else:
-            data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
-    strided = {name: _score_of for name in names if _stride_of(modules[name]) is not None}
-    missing = [name for name in names if name not in sources]
-    active: dict[str, Tensor] = {}
-    aliasing: dict[str, Tensor] = {}
-    streamed = 0
-    if missing or strided:
-        active, aliasing, streamed = stream(model, missing, strided, data, batch_size, progress)
+    return names, total
+
+
+def _layer_diagnoses(
+    modules: dict[str, nn.Module], names: list[str], dead: dict[str, Tensor], aliasing: dict[str, Tensor]
+) -> list[LayerDiagnosis]:
+    """Per layer: its dead filters, filter RMS (convolutions), the first layer's frequencies, aliasing."""
     first_conv = next(
         (n for n in names if isinstance(modules[n], nn.Conv2d) and modules[n].in_channels in (1, 3)), None
     )
-    results = []
+    entries = []
     for name in names:
         module = modules[name]
-        dead = result.stats(sources[name]).dead if name in sources else active[name] == 0  # type: ignore[union-attr]
-        entry = LayerDiagnosis(name, type(module).__name__, dead)
+        entry = LayerDiagnosis(name, type(module).__name__, dead[name])
         if isinstance(module, nn.Conv2d):
             entry.rms = filter_rms(module.weight)
             if name == first_conv:
                 entry.high_frequency = high_frequency_fraction(module.weight)
         if name in aliasing:
             entry.stride, entry.aliasing = _stride_of(module), aliasing[name]
-        results.append(entry)
-    notes = []
-    if sources:
-        pairs = ", ".join(f"{name} from {source}" for name, source in sources.items())
-        notes.append(f"Dead filters over the {result.num_images} mined images, from the mining statistics: {pairs}.")  # type: ignore[union-attr]
-    if missing:
-        notes.append(f"Dead filters over {streamed} images: {', '.join(missing)}.")
-    if aliasing:
-        notes.append(f"Aliasing over {streamed} images.")
-    images = streamed if missing or result is None else result.num_images
-    return Diagnosis(results, images, notes)
+        entries.append(entry)
+    return entries
 
 
 def _check_result(result: Any, model: nn.Module, total: int) -> None:
@@ -419,60 +406,63 @@ def renormalize_after_step(optimizer: Optimizer, model: nn.Module, radius: float
     Example:
         >>> handle = renormalize_after_step(optimizer, model)  # doctest: +SKIP
     """
-    return optimizer.register_step_post_hook(lambda *_: renormalize_filters_(model, radius))
+
+    def renormalize(*_: Any) -> None:
+        renormalize_filters_(model, radius)
+
+    return optimizer.register_step_post_hook(renormalize)
 
 
-def feature_evolution(
-    checkpoints: Sequence[nn.Module],
-    data: Any,
-    layer: str,
-    channels: Sequence[int],
-    labels: Sequence[str] | None = None,
-    denormalize: Callable[[Tensor], Tensor] | None = None,
-    use_pyplot: bool = True,
-) -> tuple[Figure, np.ndarray]:
-    """The strongest patch and projection of each channel across training (ZF Fig. 4).
+@dataclass
+class FeatureEvolution:
+    """The strongest record of each channel at each training checkpoint (ZF Fig. 4).
+
+    Attributes:
+        layer: the layer followed.
+        channels: the channels followed.
+        patches: per checkpoint, the input patch of each channel's strongest record
+            (:class:`~captum_deconvviz.Crops` ``[channels, 1, C, h, w]``).
+        projections: per checkpoint, that record's DeconvNet projection (the same shape).
+    """
+
+    layer: str
+    channels: list[int]
+    patches: list[Crops]
+    projections: list[Crops]
+
+
+def track_features(
+    checkpoints: Sequence[nn.Module], data: Any, layer: str, channels: Sequence[int]
+) -> FeatureEvolution:
+    """Follow channels across training: at each checkpoint, mine their strongest record and project it.
 
     Args:
         checkpoints: the model at successive training steps (modules of one architecture).
-        data: images.
+        data: images, as :func:`~captum_deconvviz.mine_topk` takes them.
         layer: the layer to follow.
-        channels: which channels (rows).
-        labels: a column title per checkpoint (e.g. ``"epoch 5"``).
-        denormalize: maps images to [0, 1] RGB.
-        use_pyplot: as in Captum.
+        channels: which channels.
 
     Returns:
-        ``(fig, axes)`` with axes ``[channels, checkpoints, 2]`` (projection, patch).
-    """
-    from .viz import _blank, _display, _figure, _finish, normalize_projection
+        A :class:`FeatureEvolution`; :func:`~captum_deconvviz.plot_feature_evolution`
+        draws it (ZF Fig. 4).
 
+    Example:
+        >>> from captum_deconvviz.zoo import ZFNetCIFAR, default_sample
+        >>> images = torch.stack([default_sample()[i][0] for i in range(16)])
+        >>> evolution = track_features([ZFNetCIFAR().eval(), ZFNetCIFAR().eval()], images, "features.4", [0, 3])
+        >>> len(evolution.projections), tuple(evolution.projections[0].images.shape[:2])
+        (2, (2, 1))
+    """
     if not checkpoints:
         raise ValueError("checkpoints is empty")
-    width = len(checkpoints) * 1.4 + 0.6
-    fig = _figure(use_pyplot, (width, len(channels) * 0.75 + 0.4))
-    axes = np.array(fig.subplots(len(channels), 2 * len(checkpoints), squeeze=False)).reshape(
-        len(channels), len(checkpoints), 2
-    )
-    for col, model in enumerate(checkpoints):
+    patches, projections = [], []
+    for model in checkpoints:
         result = mine_topk(model, layer, data, k=1, progress=False)
-        crops = result.patches(data, layer, list(channels))
-        projections = result.projections(model, data, layer, list(channels)).images
-        for row in range(len(channels)):
-            for side in (0, 1):
-                _blank(axes[row, col, side])
-            if not bool(crops.mask[row, 0].any()):
-                continue
-            axes[row, col, 0].imshow(normalize_projection(projections[row, 0]), interpolation="nearest")
-            shown = _display(crops.images[row, 0], denormalize, crops.mask[row, 0])
-            axes[row, col, 1].imshow(shown, interpolation="nearest")
-    fig.subplots_adjust(left=0.6 / width, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.08)
-    for col in range(len(checkpoints)):
-        # One title centred over each (projection, patch) pair.
-        left, right = axes[0, col, 0].get_position(), axes[0, col, 1].get_position()
-        title = labels[col] if labels is not None else f"checkpoint {col}"
-        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.01, title, ha="center", va="bottom", fontsize=8)
-    for row, channel in enumerate(channels):
-        axes[row, 0, 0].set_ylabel(f"#{channel}", fontsize=7, rotation=0, ha="right", va="center")
-    _finish(fig, use_pyplot)
-    return fig, axes
+        patches.append(result.patches(data, layer, list(channels)))
+        projections.append(result.projections(model, data, layer, list(channels)))
+    return FeatureEvolution(layer, list(channels), patches, projections)
+
+
+if TYPE_CHECKING:  # deprecated; installed by viz: plot_feature_evolution(track_features(...), ...)
+
+    def feature_evolution(*args: Any, **kwargs: Any) -> Any: ...

@@ -1,84 +1,89 @@
-"""The classic figures: first-layer filters, top-9 patches beside their projections, hierarchy.
+"""Every figure: first-layer filters, top-k patches beside their projections, hierarchy, results.
 
-Every projection cell of :func:`plot_topk` is drawn by
-``captum.attr.visualization.visualize_image_attr``, so every Captum method and sign
-works; ``method="projection"`` draws the projection itself as an RGB image, as Zeiler &
-Fergus do. Figures are plain matplotlib: save them with ``fig.savefig("fig.pdf")``
-(PNG, PDF and SVG; images stay pixel-exact with ``interpolation="nearest"``).
+Figures draw the tensors and results they are given and never run a model: compute
+projections with :meth:`MiningResult.projections` (a comparison with
+:func:`~captum_deconvviz.compare_methods`, a diagnosis with
+:func:`~captum_deconvviz.diagnose`) and pass them in. Every projection cell of
+:func:`plot_topk` is drawn by ``captum.attr.visualization.visualize_image_attr``, so
+every Captum method and sign works; ``method="projection"`` draws the projection itself
+as an RGB image, as Zeiler & Fergus do. Figures are plain matplotlib: save them with
+``fig.savefig("fig.pdf")`` (PNG, PDF and SVG; images stay pixel-exact with
+``interpolation="nearest"``). The figures of results (:func:`plot_comparison`,
+:func:`plot_randomization`, :func:`plot_diagnosis`, :func:`plot_feature_evolution`) are
+written in ``_result_figures`` and exported here.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
-import torch
-from captum.attr import visualization as captum_viz
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from .mining_result import MiningResult
+from ._figures import (
+    attribution_cell,
+    blank,
+    deprecated,
+    display_image,
+    finish,
+    grid,
+    mosaic,
+    new_figure,
+    normalize_projection,
+)
+from ._result_figures import (
+    feature_evolution,
+    plot_comparison,
+    plot_diagnosis,
+    plot_feature_evolution,
+    plot_randomization,
+)
+from .mining_result import Crops, MiningResult
 
-__all__ = ["normalize_projection", "plot_filters", "plot_hierarchy", "plot_topk"]
+__all__ = [
+    "feature_evolution",
+    "hierarchy_channels",
+    "normalize_projection",
+    "plot_comparison",
+    "plot_diagnosis",
+    "plot_feature_evolution",
+    "plot_filters",
+    "plot_hierarchy",
+    "plot_randomization",
+    "plot_topk",
+]
 
 _CAPTUM_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
 
 
-def _figure(use_pyplot: bool, figsize: tuple[float, float]) -> Figure:
-    if use_pyplot:
-        import matplotlib.pyplot as plt
-
-        return plt.figure(figsize=figsize)
-    return Figure(figsize=figsize)
+# --------------------------------------------------------------------------------------
+# First-layer filters.
+# --------------------------------------------------------------------------------------
 
 
-def _finish(fig: Figure, use_pyplot: bool) -> None:
-    if use_pyplot and matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
-        import matplotlib.pyplot as plt
-
-        plt.show()
-
-
-def _blank(ax: Any) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def normalize_projection(projection: Tensor, outlier_perc: float = 0.5) -> np.ndarray:
-    """A projection ``[C, h, w]`` as an ``[h, w, C]`` image in [0, 1], zero at mid-grey.
-
-    Values are divided by ``2 * m`` and shifted by 0.5, where ``m`` is the
-    ``100 - outlier_perc`` percentile of the absolute values (the contrast
-    normalization of Zeiler & Fergus's figures). An all-zero projection is mid-grey.
-    """
-    array = projection.detach().float().cpu().numpy()
-    scale = float(np.percentile(np.abs(array), 100 - outlier_perc)) if array.size else 0.0
-    if scale <= 0:
-        scale = float(np.abs(array).max()) or 1.0
-    image = np.clip(array / (2 * scale) + 0.5, 0, 1)
-    return np.moveaxis(image, 0, -1) if image.ndim == 3 else image
-
-
-def _display(image: Tensor, denormalize: Callable[[Tensor], Tensor] | None, mask: Tensor | None = None) -> np.ndarray:
-    """A data image ``[C, h, w]`` as ``[h, w, C]`` in [0, 1] (min-max if no denormalize)."""
-    image = image.detach().float().cpu()
-    if denormalize is not None:
-        shown = denormalize(image).clamp(0, 1)
-    else:
-        valid = image[:, mask] if mask is not None and mask.any() else image.flatten(1)
-        low, high = float(valid.min()), float(valid.max())
-        shown = ((image - low) / (high - low if high > low else 1.0)).clamp(0, 1)
-    if mask is not None:
-        shown = torch.where(mask, shown, torch.full_like(shown, 0.5))
-    array = shown.numpy()
-    array = np.moveaxis(array, 0, -1)
-    return array[..., 0] if array.shape[-1] == 1 else array
+def _filter_images(weights: nn.Module | Tensor, sort_by_norm: bool, normalize: str) -> list[np.ndarray]:
+    """Each filter as an image in [0, 1] around mid-grey, in the order to draw them."""
+    weight = weights.weight if isinstance(weights, nn.Module) else weights
+    if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] not in (1, 3):
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weights).__name__
+        raise ValueError(f"weights must be a Conv2d (or weight [F, C, kh, kw]) with 1 or 3 input channels, got {shape}")
+    if normalize not in ("per_filter", "global"):
+        raise ValueError(f"normalize must be 'per_filter' or 'global', got {normalize!r}")
+    weight = weight.detach().float().cpu()
+    order = list(range(weight.shape[0]))
+    if sort_by_norm:
+        order = weight.flatten(1).norm(dim=1).argsort(descending=True).tolist()
+    global_scale = float(weight.abs().max()) or 1.0
+    images = []
+    for index in order:
+        w = weight[index]
+        scale = (float(w.abs().max()) or 1.0) if normalize == "per_filter" else global_scale
+        image = (w / (2 * scale) + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
+        images.append(image[..., 0] if image.shape[-1] == 1 else image)
+    return images
 
 
 def plot_filters(
@@ -113,44 +118,96 @@ def plot_filters(
         >>> fig, axes = plot_filters(load_default_model().features[0], sort_by_norm=True, use_pyplot=False)
         >>> fig.savefig("filters.pdf")  # doctest: +SKIP
     """
-    weight = weights.weight if isinstance(weights, nn.Module) else weights
-    if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] not in (1, 3):
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weights).__name__
-        raise ValueError(f"weights must be a Conv2d (or weight [F, C, kh, kw]) with 1 or 3 input channels, got {shape}")
-    if normalize not in ("per_filter", "global"):
-        raise ValueError(f"normalize must be 'per_filter' or 'global', got {normalize!r}")
-    weight = weight.detach().float().cpu()
-    order = list(range(weight.shape[0]))
-    if sort_by_norm:
-        order = weight.flatten(1).norm(dim=1).argsort(descending=True).tolist()
-    count = len(order)
-    ncols = ncols or math.ceil(math.sqrt(count))
-    nrows = math.ceil(count / ncols)
-    fig = _figure(use_pyplot, (ncols * cell_inches, nrows * cell_inches + (0.4 if title else 0)))
+    images = _filter_images(weights, sort_by_norm, normalize)
+    ncols = ncols or math.ceil(math.sqrt(len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    fig = new_figure(use_pyplot, (ncols * cell_inches, nrows * cell_inches + (0.4 if title else 0)))
     axes = np.array(fig.subplots(nrows, ncols, squeeze=False))
-    global_scale = float(weight.abs().max()) or 1.0
     for cell, ax in enumerate(axes.flat):
-        _blank(ax)
-        if cell >= count:
+        blank(ax)
+        if cell < len(images):
+            ax.imshow(images[cell], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
             ax.set_visible(False)
-            continue
-        w = weight[order[cell]]
-        scale = (float(w.abs().max()) or 1.0) if normalize == "per_filter" else global_scale
-        image = (w / (2 * scale) + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(
-            image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
-        )
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99 if not title else 1 - 0.4 / fig.get_figheight(),
                         wspace=0.08, hspace=0.08)  # fmt: skip
     if title:
         fig.suptitle(title)
-    _finish(fig, use_pyplot)
+    finish(fig, use_pyplot)
     return fig, axes
 
 
-def _grid(count: int) -> tuple[int, int]:
-    side = math.ceil(math.sqrt(count))
-    return math.ceil(count / side), side
+# --------------------------------------------------------------------------------------
+# Top-k patches and their projections.
+# --------------------------------------------------------------------------------------
+
+
+def _topk_projections(
+    result: MiningResult,
+    data: Any,
+    layer: str,
+    channels: int | Sequence[int],
+    projections: Crops | Tensor | None,
+    model: nn.Module | None,
+) -> Tensor:
+    """The projection images ``[channels, k, C, h, w]`` to draw; from ``model`` only in the deprecated spelling."""
+    if model is not None:
+        deprecated("plot_topk(model=...): pass projections=result.projections(model, data, layer, channels)", 4)
+        if projections is None:
+            projections = result.projections(model, data, layer, channels)
+    if projections is None:
+        raise ValueError("plot_topk needs projections=result.projections(model, data, layer, channels)")
+    images = projections.images if isinstance(projections, Crops) else projections
+    if isinstance(channels, int) and images.dim() == 4:  # result.projections(..., channel) of one channel
+        images = images.unsqueeze(0)
+    return images
+
+
+def _projection_drawer(
+    fig: Figure, method: str, sign: str, cmap: str | None, alpha_overlay: float, outlier_perc: float
+) -> Callable[[Any, Tensor, np.ndarray], None]:
+    """How :func:`plot_topk` draws a projection cell: ``draw(ax, projection, its patch)``."""
+
+    def draw(ax: Any, projection: Tensor, patch: np.ndarray) -> None:
+        if method == "projection":  # the projection itself, as an RGB image
+            attribution_cell(
+                ax, fig, projection, normalize_projection(projection, outlier_perc), method="original_image"
+            )
+        else:
+            attribution_cell(ax, fig, projection, patch, method=method, sign=sign, outlier_perc=outlier_perc, cmap=cmap,
+                             alpha_overlay=alpha_overlay)  # fmt: skip
+
+    return draw
+
+
+def _topk_block(
+    cells: Callable[[int, int], Any],
+    patches: Crops,
+    projections: Tensor,
+    k: int,
+    denormalize: Callable[[Tensor], Tensor] | None,
+    draw_projection: Callable[[Any, Tensor, np.ndarray], None],
+) -> np.ndarray:
+    """One channel's block: projections (side 0) and patches (side 1), each a grid of ``k`` cells.
+
+    ``cells(row, col)`` makes the block's axis at that cell; the patches' grid starts ``cols`` to the right.
+    """
+    rows, cols = grid(k)
+    axes = np.empty((2, rows, cols), dtype=object)
+    for slot in range(rows * cols):
+        r, c = divmod(slot, cols)
+        for side in (0, 1):
+            ax = axes[side, r, c] = cells(r, side * cols + c)
+            blank(ax)
+            if slot >= k or not bool(patches.mask[slot].any()):
+                ax.set_facecolor("0.9")
+                continue
+            patch = display_image(patches.images[slot], denormalize, patches.mask[slot])
+            if side == 1:
+                ax.imshow(patch, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                draw_projection(ax, projections[slot], patch)
+    return axes
 
 
 def plot_topk(
@@ -165,7 +222,7 @@ def plot_topk(
     alpha_overlay: float = 0.5,
     outlier_perc: float = 2,
     denormalize: Callable[[Tensor], Tensor] | None = None,
-    projections: Tensor | None = None,
+    projections: Crops | Tensor | None = None,
     cell_inches: float = 0.55,
     titles: bool = True,
     use_pyplot: bool = True,
@@ -180,7 +237,8 @@ def plot_topk(
         data: the data that was mined.
         layer: a mined layer.
         channels: one channel or a list; blocks are laid out in rows of up to 4.
-        model: the model, required to compute the projections (unless given).
+        model: deprecated: pass ``projections`` instead (the figure then computes
+            nothing with a model).
         method: ``"projection"`` (the projection itself as an RGB image, as in the
             paper) or any method of ``captum.attr.visualization.visualize_image_attr``
             (``"heat_map"``, ``"blended_heat_map"`` overlays it on the patch, ...).
@@ -188,7 +246,9 @@ def plot_topk(
             for each projection cell (``outlier_perc`` also clips ``"projection"``).
         denormalize: maps a data image to [0, 1] RGB for display, e.g.
             :func:`captum_deconvviz.zoo.denormalize`; default min-max per patch.
-        projections: precomputed ``result.projections(...).images`` for these channels.
+        projections: the projections of these channels' records:
+            ``result.projections(model, data, layer, channels)`` (its :class:`Crops`, or
+            their ``.images``).
         cell_inches: size of one cell.
         titles: label each block with its channel and best activation.
         use_pyplot: as in Captum.
@@ -197,7 +257,9 @@ def plot_topk(
         ``(fig, axes)``: axes ``[channels, 2, rows, cols]`` (0: projections, 1: patches).
 
     Example:
-        >>> fig, axes = plot_topk(result, data, "features.9", [3, 17], model=model, use_pyplot=False)
+        >>> projections = result.projections(model, data, "features.9", [3, 17])  # doctest: +SKIP
+        >>> fig, axes = plot_topk(result, data, "features.9", [3, 17], projections=projections,
+        ...                       use_pyplot=False)  # doctest: +SKIP
         >>> fig.savefig("topk.png", dpi=300)  # doctest: +SKIP
     """
     if method != "projection" and method not in _CAPTUM_METHODS:
@@ -206,145 +268,147 @@ def plot_topk(
     if not channel_list:
         raise ValueError("channels is empty")
     patches = result.patches(data, layer, channel_list, fill=0.0)
-    if projections is None:
-        if model is None:
-            raise ValueError("plot_topk needs model= to compute the projections (or pass projections=)")
-        projections = result.projections(model, data, layer, channel_list).images
-    if projections.shape[:2] != patches.images.shape[:2]:
-        raise ValueError(f"projections has shape {tuple(projections.shape)}, expected [{len(channel_list)}, k, ...]")
-    rows, cols = _grid(result.k)
-    per_row = min(4, len(channel_list))
-    block_rows = math.ceil(len(channel_list) / per_row)
-    gap = 1  # an empty column between projections and patches, and between blocks
+    shown = _topk_projections(result, data, layer, channels, projections, model)
+    if shown.shape[:2] != patches.images.shape[:2]:
+        raise ValueError(f"projections has shape {tuple(shown.shape)}, expected [{len(channel_list)}, k, ...]")
+    rows, cols = grid(result.k)
+    per_row, title_rows, gap = min(4, len(channel_list)), (1 if titles else 0), 1  # gap: an empty column
     total_cols = per_row * (2 * cols + gap) - gap
-    total_rows = block_rows * (rows + (1 if titles else 0))
-    fig = _figure(use_pyplot, (total_cols * cell_inches, total_rows * cell_inches))
-    grid = fig.add_gridspec(
-        total_rows, total_cols, wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.99
-    )
+    total_rows = math.ceil(len(channel_list) / per_row) * (rows + title_rows)
+    fig = new_figure(use_pyplot, (total_cols * cell_inches, total_rows * cell_inches))
+    spec = fig.add_gridspec(total_rows, total_cols, wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01,
+                            top=0.99)  # fmt: skip
+    draw = _projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
     axes = np.empty((len(channel_list), 2, rows, cols), dtype=object)
     for b, channel in enumerate(channel_list):
         block_row, block_col = divmod(b, per_row)
-        top = block_row * (rows + (1 if titles else 0)) + (1 if titles else 0)
-        left = block_col * (2 * cols + gap)
+        top, left = block_row * (rows + title_rows) + title_rows, block_col * (2 * cols + gap)
         if titles:
-            header = fig.add_subplot(grid[top - 1, left : left + 2 * cols])
+            header = fig.add_subplot(spec[top - 1, left : left + 2 * cols])
             header.axis("off")
             records = result.records(layer, channel)
             best = f", max {records[0].value:.3g}" if records else ""
             header.text(0.5, 0.0, f"{layer} #{channel}{best}", ha="center", va="bottom", fontsize=8)
-        for slot in range(rows * cols):
-            r, c = divmod(slot, cols)
-            for side in (0, 1):
-                ax = fig.add_subplot(grid[top + r, left + side * cols + c])
-                axes[b, side, r, c] = ax
-                _blank(ax)
-                if slot >= result.k or not bool(patches.mask[b, slot].any()):
-                    ax.set_facecolor("0.9")
-                    continue
-                patch = _display(patches.images[b, slot], denormalize, patches.mask[b, slot])
-                if side == 1:
-                    ax.imshow(patch, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                else:
-                    _projection_cell(
-                        ax, fig, projections[b, slot], patch, method, sign, cmap, alpha_overlay, outlier_perc
-                    )
-    _finish(fig, use_pyplot)
+
+        def cells(r: int, c: int, top: int = top, left: int = left) -> Any:
+            return fig.add_subplot(spec[top + r, left + c])
+
+        block = Crops(patches.images[b], patches.mask[b])
+        axes[b] = _topk_block(cells, block, shown[b], result.k, denormalize, draw)
+    finish(fig, use_pyplot)
     return fig, axes
 
 
-def _projection_cell(
-    ax: Any, fig: Figure, projection: Tensor, patch: np.ndarray, method: str, sign: str, cmap: str | None,
-    alpha_overlay: float, outlier_perc: float,
-) -> None:  # fmt: skip
-    attr = projection.detach().float().cpu().permute(1, 2, 0).numpy()
-    if not np.any(attr):
-        ax.set_facecolor("0.5")  # a zero projection (dead unit): Captum cannot normalize it
-        return
-    original = patch if patch.ndim == 3 else np.repeat(patch[..., None], 3, axis=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Captum warns about near-zero scales; the cell shows it anyway
-        if method == "projection":
-            captum_viz.visualize_image_attr(
-                attr, normalize_projection(projection, outlier_perc), method="original_image",
-                plt_fig_axis=(fig, ax), use_pyplot=False,
-            )  # fmt: skip
-        else:
-            captum_viz.visualize_image_attr(
-                attr, original, method=method, sign=sign, plt_fig_axis=(fig, ax), outlier_perc=outlier_perc,
-                cmap=cmap, alpha_overlay=alpha_overlay, use_pyplot=False,
-            )  # fmt: skip
+# --------------------------------------------------------------------------------------
+# The hierarchy.
+# --------------------------------------------------------------------------------------
+
+
+def hierarchy_channels(
+    result: MiningResult, layers: Sequence[str] | None = None, channels_per_layer: int = 4
+) -> dict[str, list[int]]:
+    """The channels :func:`plot_hierarchy` shows: per layer, its strongest live ones, strongest first.
+
+    Channels are ranked by their maximum activation; dead channels (never positive)
+    are left out, so a layer may have fewer than ``channels_per_layer``.
+
+    Example:
+        >>> shown = hierarchy_channels(result, channels_per_layer=4)  # doctest: +SKIP
+        >>> projections = {layer: result.projections(model, data, layer, channels)
+        ...                for layer, channels in shown.items()}  # doctest: +SKIP
+    """
+    shown = {}
+    for layer in list(layers or result.layers):
+        maximum = result.stats(layer).maximum
+        shown[layer] = [c for c in maximum.argsort(descending=True).tolist() if maximum[c] > 0][:channels_per_layer]
+    return shown
+
+
+def _hierarchy_cell(
+    projections: Tensor, crops: Crops, k: int, denormalize: Callable[[Tensor], Tensor] | None, outlier_perc: float
+) -> np.ndarray:
+    """One channel: the mosaic of its projections above the mosaic of their patches."""
+    top = mosaic([normalize_projection(p, outlier_perc) for p in projections], k)
+    bottom = mosaic([display_image(img, denormalize, m) for img, m in zip(crops.images, crops.mask, strict=True)], k)
+    return np.concatenate([top, np.ones((1, *top.shape[1:])), bottom])
 
 
 def plot_hierarchy(
     result: MiningResult,
     data: Any,
-    model: nn.Module,
+    projections: Mapping[str, Crops | Tensor] | nn.Module | None = None,
     layers: Sequence[str] | None = None,
     channels_per_layer: int = 4,
     denormalize: Callable[[Tensor], Tensor] | None = None,
     outlier_perc: float = 0.5,
     cell_inches: float = 1.6,
     use_pyplot: bool = True,
+    *,
+    model: nn.Module | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """Layers side by side, a few channels each: projections and patches (ZF Fig. 2).
 
     Each column is a layer; each cell shows, for one of its strongest channels (by
-    maximum activation, dead channels skipped), the 3x3 mosaic of its top-9
-    projections above the mosaic of their patches. Patches grow with depth, with the
-    receptive field.
+    maximum activation, dead channels skipped: :func:`hierarchy_channels`), the 3x3
+    mosaic of its top-9 projections above the mosaic of their patches. Patches grow
+    with depth, with the receptive field.
 
     Args:
         result: a :class:`~captum_deconvviz.MiningResult`.
         data: the mined data.
-        model: the mined model (for the projections).
+        projections: per layer, the projections of the channels
+            :func:`hierarchy_channels` picks, in its order
+            (``result.projections(model, data, layer, channels)``). Passing the model
+            here (the old third argument) still works, deprecated.
         layers: columns; default all mined layers, in mining order.
         channels_per_layer: rows.
         denormalize: maps data images to [0, 1] RGB.
         outlier_perc: percentile clipped when normalizing projections.
         cell_inches: size of one layer/channel cell.
         use_pyplot: as in Captum.
+        model: deprecated: pass ``projections`` instead.
 
     Returns:
         ``(fig, axes)`` with axes ``[channels_per_layer, len(layers)]``.
+
+    Example:
+        >>> shown = hierarchy_channels(result)  # doctest: +SKIP
+        >>> projections = {layer: result.projections(model, data, layer, channels)
+        ...                for layer, channels in shown.items()}  # doctest: +SKIP
+        >>> fig, axes = plot_hierarchy(result, data, projections, use_pyplot=False)  # doctest: +SKIP
     """
-    layers = list(layers or result.layers)
-    fig = _figure(use_pyplot, (len(layers) * cell_inches, channels_per_layer * cell_inches * 2 + 0.3))
-    axes = np.array(fig.subplots(channels_per_layer, len(layers), squeeze=False))
-    for col, layer in enumerate(layers):
-        maximum = result.stats(layer).maximum
-        alive = [c for c in maximum.argsort(descending=True).tolist() if maximum[c] > 0][:channels_per_layer]
+    shown = hierarchy_channels(result, layers, channels_per_layer)
+    if isinstance(projections, nn.Module):
+        model, projections = projections, None
+    if model is not None:
+        deprecated("plot_hierarchy(result, data, model): pass the projections of hierarchy_channels(result)")
+        projections = projections or {
+            layer: result.projections(model, data, layer, alive) for layer, alive in shown.items() if alive
+        }
+    if projections is None:
+        raise ValueError("plot_hierarchy needs projections: {layer: result.projections(model, data, layer, channels)}")
+    fig = new_figure(use_pyplot, (len(shown) * cell_inches, channels_per_layer * cell_inches * 2 + 0.3))
+    axes = np.array(fig.subplots(channels_per_layer, len(shown), squeeze=False))
+    for col, (layer, alive) in enumerate(shown.items()):
         crops = result.patches(data, layer, alive) if alive else None
-        projections = result.projections(model, data, layer, alive).images if alive else None
+        given = projections.get(layer) if alive else None
+        images = given.images if isinstance(given, Crops) else given
+        if alive and (images is None or images.shape[0] != len(alive)):
+            raise ValueError(f"projections[{layer!r}] must hold the {len(alive)} channels {alive}, in that order")
         for row in range(channels_per_layer):
             ax = axes[row, col]
-            _blank(ax)
+            blank(ax)
             if row == 0:
                 field = result.fields.get(layer)
                 size = f"\n{field.size[0]}x{field.size[1]} px" if field is not None else ""
                 ax.set_title(f"{layer}{size}", fontsize=8)
             if row >= len(alive):
                 continue
-            assert projections is not None and crops is not None  # alive is not empty here
-            top = _mosaic([normalize_projection(p, outlier_perc) for p in projections[row]], result.k)
-            bottom = _mosaic(
-                [_display(img, denormalize, m) for img, m in zip(crops.images[row], crops.mask[row], strict=True)],
-                result.k,
-            )
-            ax.imshow(np.concatenate([top, np.ones((1, *top.shape[1:])), bottom]), interpolation="nearest")
+            assert images is not None and crops is not None  # alive is not empty here
+            channel = Crops(crops.images[row], crops.mask[row])
+            ax.imshow(_hierarchy_cell(images[row], channel, result.k, denormalize, outlier_perc),
+                      interpolation="nearest")  # fmt: skip
             ax.set_ylabel(f"#{alive[row]}", fontsize=7)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=0.94, wspace=0.18, hspace=0.08)
-    _finish(fig, use_pyplot)
+    finish(fig, use_pyplot)
     return fig, axes
-
-
-def _mosaic(images: list[np.ndarray], k: int) -> np.ndarray:
-    """Tile ``k`` images [h, w, 3] into a square grid with 1-pixel white gaps."""
-    rows, cols = _grid(k)
-    h, w = images[0].shape[:2]
-    canvas = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, 3))
-    for i, image in enumerate(images[:k]):
-        r, c = divmod(i, cols)
-        tile = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
-    return canvas

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from captum_deconvviz import compare_methods, randomization_test
+from captum_deconvviz import compare_methods, plot_comparison, plot_randomization, randomization_test
 from captum_deconvviz.compare import agreement
 from captum_deconvviz.zoo import CIFAR10_CLASSES, default_sample, denormalize, load_default_model
 
@@ -76,7 +76,7 @@ def main() -> None:
 
     for mode in ("cascading", "independent"):
         result = randomization_test(model, images, predicted.tolist(), methods=METHODS, mode=mode)
-        fig, _ = result.plot(use_pyplot=False)
+        fig, _ = plot_randomization(result, use_pyplot=False)
         fig.savefig(out / f"randomization_{mode}.png", dpi=160)
         print(f"\n### {mode.capitalize()} randomization: mean Spearman rank correlation (absolute maps) "
               f"with the original maps\n\n{result.table('spearman_abs')}\n")  # fmt: skip
@@ -94,7 +94,7 @@ def main() -> None:
 
     example = images[:4]
     comparison = compare_methods(model, example, target=predicted[:4].tolist(), methods=METHODS)
-    fig, _ = comparison.plot(display=denormalize, use_pyplot=False)
+    fig, _ = plot_comparison(comparison, display=denormalize, use_pyplot=False)
     fig.savefig(out / "comparison.png", dpi=160)
     # One image, two classes: DeconvNet and GBP barely move, the gradient does.
     rows = {}

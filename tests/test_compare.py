@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from captum_deconvviz import compare_methods, randomization_test
+from captum_deconvviz import compare_methods, plot_comparison, plot_randomization, randomization_test
 from captum_deconvviz.compare import spearman, ssim
 from captum_deconvviz.zoo import default_sample, load_default_model
 
@@ -93,8 +93,11 @@ def test_compare_methods_maps_and_metrics(setup) -> None:
     different = result.metrics[("zf_deconv", "saliency")]
     assert different["spearman_abs"].max() < 0.99
     assert len(result.metrics) == 6 and result.table().count("\n") == 7
-    _fig, axes = result.plot(examples=[0, 2], use_pyplot=False)
+    _fig, axes = plot_comparison(result, examples=[0, 2], use_pyplot=False)
     assert axes.shape == (2, 5) and axes[0, 1].get_title() == "zf deconv"
+    with pytest.warns(DeprecationWarning, match=r"ComparisonResult.plot\(...\): use captum_deconvviz.plot_comparison"):
+        _fig, old = result.plot(examples=[0, 2], use_pyplot=False)
+    assert old.shape == axes.shape
 
 
 def test_neuron_comparison(setup) -> None:
@@ -131,6 +134,21 @@ def test_randomization_test_cascades_from_the_top(setup) -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself is untouched
     independent = randomization_test(model, images, target=0, methods=["zf_deconv"], mode="independent")
     assert independent.similarity["zf_deconv"]["ssim"].shape == (5, 6)
-    _fig, axes = result.plot(use_pyplot=False)
+    _fig, axes = plot_randomization(result, use_pyplot=False)
     assert len(axes) == 2
+    with pytest.warns(DeprecationWarning, match="use captum_deconvviz.plot_randomization"):
+        _fig, old = result.plot(use_pyplot=False)
+    assert len(old) == 2
     assert "| classifier |" in result.table()
+
+
+def test_randomization_seed_is_random_state_with_a_deprecation_warning(setup) -> None:
+    model, images = setup
+    kwargs = {"methods": ["saliency"], "layers": ["classifier", "features.8"]}
+    new = randomization_test(model, images[:2], 0, random_state=3, **kwargs)
+    with pytest.warns(DeprecationWarning, match=r"seed=.*use random_state="):
+        old = randomization_test(model, images[:2], 0, seed=3, **kwargs)
+    for metric, values in new.similarity["saliency"].items():
+        assert torch.equal(values, old.similarity["saliency"][metric]), metric
+    other = randomization_test(model, images[:2], 0, random_state=4, **kwargs)
+    assert not torch.equal(other.similarity["saliency"]["spearman"], new.similarity["saliency"]["spearman"])

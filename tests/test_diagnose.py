@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from captum_deconvviz import mine_topk
+from captum_deconvviz import mine_topk, plot_diagnosis, plot_feature_evolution
 from captum_deconvviz.diagnose import (
     aliasing_score,
     diagnose,
-    feature_evolution,
     high_frequency_fraction,
     renormalize_after_step,
     renormalize_filters_,
+    track_features,
 )
+from captum_deconvviz.viz import normalize_projection
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample
 
 
@@ -112,17 +113,33 @@ def test_plot_html_and_feature_evolution(images: torch.Tensor) -> None:
     torch.manual_seed(0)
     checkpoints = [ZFNetCIFAR((8, 8, 8, 8)).eval() for _ in range(3)]
     diagnosis = diagnose(checkpoints[0], images)
-    fig, axes = diagnosis.plot(use_pyplot=False)
+    fig, axes = plot_diagnosis(diagnosis, use_pyplot=False)
     assert axes.shape == (4,) and len(fig.axes) == 4
+    with pytest.warns(DeprecationWarning, match="use captum_deconvviz.plot_diagnosis"):
+        fig, axes = diagnosis.plot(use_pyplot=False)
+    assert axes.shape == (4,)
     assert diagnosis.to_html().startswith("<table>") and "features.0" in diagnosis.to_html()
-    fig, axes = feature_evolution(checkpoints, images, "features.4", [0, 3], labels=["a", "b", "c"], use_pyplot=False)
+    evolution = track_features(checkpoints, images, "features.4", [0, 3])
+    assert len(evolution.patches) == 3 and evolution.projections[0].images.shape[:2] == (2, 1)
+    fig, axes = plot_feature_evolution(evolution, labels=["a", "b", "c"], use_pyplot=False)
     assert axes.shape == (2, 3, 2)
+    # The cells are the checkpoints' strongest projection and patch.
+    first = evolution.projections[0].images[0, 0]
+    np.testing.assert_allclose(axes[0, 0, 0].images[0].get_array(), normalize_projection(first), atol=1e-6)
     assert [text.get_text() for text in fig.texts] == ["a", "b", "c"]
     # Each title is centred over its (projection, patch) pair.
     for col, text in enumerate(fig.texts):
         pair = axes[0, col, 0].get_position().x0, axes[0, col, 1].get_position().x1
         assert abs(text.get_position()[0] - sum(pair) / 2) < 1e-9
     assert [axes[r, 0, 0].get_ylabel() for r in range(2)] == ["#0", "#3"]
+    # The old spellings: `feature_evolution` from the package and from this module.
+    from captum_deconvviz import feature_evolution
+    from captum_deconvviz.diagnose import feature_evolution as from_module
+
+    assert from_module is feature_evolution
+    with pytest.warns(DeprecationWarning, match="plot_feature_evolution"):
+        _, old = feature_evolution(checkpoints, images, "features.4", [0, 3], use_pyplot=False)
+    np.testing.assert_array_equal(old[0, 0, 0].images[0].get_array(), axes[0, 0, 0].images[0].get_array())
 
 
 def _dead_by_forward(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:

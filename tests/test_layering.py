@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captum_deconvviz"
 #: Layer of each module, bottom up (docs/architecture.md). A module may import from its own
 #: layer or below; the import graph must have no cycle.
 LAYERS: dict[int, set[str]] = {
-    1: {"_ops", "_geometry", "_field"},
+    1: {"_ops", "_geometry", "_field", "_tables"},
     2: {"_rule_sets", "engine"},
     3: {"_forward", "_taps", "data", "_datasource", "zoo", "zoo.model", "zoo.transforms", "zoo.data"},
     4: {
@@ -28,7 +28,7 @@ LAYERS: dict[int, set[str]] = {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",
         "_result_cache", "compare", "diagnose", "_diagnose_pass",
     },
-    6: {"viz", "_figures", "_tables"},
+    6: {"viz", "_figures", "_result_figures"},
     7: {"report", "_report_sections", "cli", "model_loading", "zoo.train"},
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -1,0 +1,154 @@
+"""Figure utilities shared by :mod:`~captum_deconvviz.viz` and the report.
+
+Small, model-free helpers: make and finish a figure (pyplot or bare), blank an axis,
+turn data images and projections into displayable arrays, tile images into a mosaic,
+and draw one attribution cell with Captum's ``visualize_image_attr``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from captum.attr import visualization as captum_viz
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = [
+    "attribution_cell",
+    "blank",
+    "deprecated",
+    "display_image",
+    "finish",
+    "grid",
+    "mosaic",
+    "new_figure",
+    "normalize_projection",
+]
+
+#: Backends that draw to files only: ``plt.show()`` there would only warn.
+_NON_INTERACTIVE = ("agg", "pdf", "svg", "ps", "cairo", "template")
+
+
+def deprecated(message: str, stacklevel: int = 3) -> None:
+    """Warn that a figure's old spelling goes in the next release.
+
+    ``stacklevel`` counts from here: 3 points at the caller of the function that calls this.
+    """
+    warnings.warn(f"{message} (deprecated; it will be removed in the next release)", DeprecationWarning,
+                  stacklevel=stacklevel)  # fmt: skip
+
+
+def new_figure(use_pyplot: bool, figsize: tuple[float, float]) -> Figure:
+    """A figure made by pyplot (shown in notebooks), or a bare ``Figure`` that pyplot never sees."""
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize)
+    return Figure(figsize=figsize)
+
+
+def finish(fig: Figure, use_pyplot: bool) -> None:
+    """Show a pyplot figure on an interactive backend, as Captum's ``use_pyplot`` does."""
+    if use_pyplot and matplotlib.get_backend().lower() not in _NON_INTERACTIVE:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+
+
+def blank(ax: Any) -> None:
+    """No ticks and no frame: the axis shows only its image."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def grid(count: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the squarest grid with room for ``count`` cells (9: 3x3)."""
+    side = math.ceil(math.sqrt(count))
+    return math.ceil(count / side), side
+
+
+def normalize_projection(projection: Tensor, outlier_perc: float = 0.5) -> np.ndarray:
+    """A projection ``[C, h, w]`` as an ``[h, w, C]`` image in [0, 1], zero at mid-grey.
+
+    Values are divided by ``2 * m`` and shifted by 0.5, where ``m`` is the
+    ``100 - outlier_perc`` percentile of the absolute values (the contrast
+    normalization of Zeiler & Fergus's figures). An all-zero projection is mid-grey.
+
+    Example:
+        >>> normalize_projection(torch.tensor([[[-1.0, 0.0, 1.0]]]), outlier_perc=0).squeeze().tolist()
+        [0.0, 0.5, 1.0]
+    """
+    array = projection.detach().float().cpu().numpy()
+    scale = float(np.percentile(np.abs(array), 100 - outlier_perc)) if array.size else 0.0
+    if scale <= 0:
+        scale = float(np.abs(array).max()) or 1.0
+    image = np.clip(array / (2 * scale) + 0.5, 0, 1)
+    return np.moveaxis(image, 0, -1) if image.ndim == 3 else image
+
+
+def display_image(
+    image: Tensor, denormalize: Callable[[Tensor], Tensor] | None, mask: Tensor | None = None
+) -> np.ndarray:
+    """A data image ``[C, h, w]`` as ``[h, w, C]`` in [0, 1] (``[h, w]`` for one channel).
+
+    Args:
+        image: the image as the model sees it.
+        denormalize: maps it to [0, 1] RGB; None stretches its values min-max
+            (over the ``mask`` pixels only, when given).
+        mask: ``[h, w]``, False where the pixels are not the image's (outside a
+            receptive-field crop): those are drawn mid-grey.
+    """
+    image = image.detach().float().cpu()
+    if denormalize is not None:
+        shown = denormalize(image).clamp(0, 1)
+    else:
+        valid = image[:, mask] if mask is not None and mask.any() else image.flatten(1)
+        low, high = float(valid.min()), float(valid.max())
+        shown = ((image - low) / (high - low if high > low else 1.0)).clamp(0, 1)
+    if mask is not None:
+        shown = torch.where(mask, shown, torch.full_like(shown, 0.5))
+    array = np.moveaxis(shown.numpy(), 0, -1)
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def mosaic(images: list[np.ndarray], k: int) -> np.ndarray:
+    """Tile ``k`` images ``[h, w, 3]`` (or ``[h, w]``) into a square grid with 1-pixel white gaps."""
+    rows, cols = grid(k)
+    h, w = images[0].shape[:2]
+    canvas = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, 3))
+    for i, image in enumerate(images[:k]):
+        r, c = divmod(i, cols)
+        tile = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
+    return canvas
+
+
+def attribution_cell(ax: Any, fig: Figure, attribution: Tensor, original: np.ndarray, **options: Any) -> None:
+    """Draw ``attribution [C, h, w]`` over ``original [h, w(, 3)]`` with ``visualize_image_attr``.
+
+    Args:
+        ax, fig: where to draw.
+        attribution: the map; an all-zero one (a dead unit) is a mid-grey cell, since
+            Captum cannot normalize it.
+        original: the image in [0, 1] (grey images are repeated to RGB).
+        options: passed to ``visualize_image_attr`` (``method``, ``sign``,
+            ``outlier_perc``, ``cmap``, ``alpha_overlay``, ...).
+    """
+    attr = attribution.detach().float().cpu().permute(1, 2, 0).numpy()
+    if not np.any(attr):
+        ax.set_facecolor("0.5")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    rgb = original if original.ndim == 3 else np.repeat(original[..., None], 3, axis=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns about near-zero scales; the cell shows it anyway
+        captum_viz.visualize_image_attr(attr, rgb, plt_fig_axis=(fig, ax), use_pyplot=False, **options)
