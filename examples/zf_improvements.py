@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from captum_deconvviz import diagnose, feature_evolution, plot_filters
+from captum_deconvviz import diagnose, plot_diagnosis, plot_feature_evolution, plot_filters, track_features
 from captum_deconvviz.data import load_cifar10
 from captum_deconvviz.zoo import CIFAR10_MEAN, CIFAR10_STD, denormalize
 from captum_deconvviz.zoo.train import train_default_model
@@ -56,8 +56,8 @@ def main() -> None:
         print(f"training {name}: first conv {kernel}x{kernel}, stride {stride}", flush=True)
         checkpoints: list = []
         model, metrics = train_default_model(
-            epochs=args.epochs, seed=0, data_root=args.data, limit=args.limit, first_kernel=kernel, first_stride=stride,
-            checkpoints=checkpoints,
+            epochs=args.epochs, random_state=0, data_root=args.data, limit=args.limit, first_kernel=kernel,
+            first_stride=stride, checkpoints=checkpoints,
         )  # fmt: skip
         diagnosis = diagnose(model, data)
         first = diagnosis["features.0"]
@@ -73,7 +73,7 @@ def main() -> None:
             "aliasing": {lay.name: float(lay.aliasing.mean()) for lay in diagnosis.layers if lay.aliasing is not None},
         }
         print(diagnosis.table(), flush=True)
-        fig, _ = diagnosis.plot(use_pyplot=False)
+        fig, _ = plot_diagnosis(diagnosis, use_pyplot=False)
         fig.savefig(out / f"diagnosis_{name}.png", dpi=150)
         models[name], evolutions[name] = model, checkpoints
 
@@ -90,10 +90,10 @@ def main() -> None:
 
     zf_final = models["zf_like"]
     strongest = zf_final.features[8].weight.flatten(1).norm(dim=1).argsort(descending=True)[:6].tolist()
-    fig, _ = feature_evolution(
-        evolutions["zf_like"], data, "features.9", strongest, labels=[f"epoch {i + 1}" for i in range(args.epochs)],
-        denormalize=denormalize, use_pyplot=False,
-    )  # fmt: skip
+    evolution = track_features(evolutions["zf_like"], data, "features.9", strongest)
+    fig, _ = plot_feature_evolution(
+        evolution, labels=[f"epoch {i + 1}" for i in range(args.epochs)], denormalize=denormalize, use_pyplot=False
+    )
     fig.savefig(out / "feature_evolution.png", dpi=150)
 
     header = [

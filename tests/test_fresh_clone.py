@@ -130,7 +130,7 @@ def test_training_refuses_too_few_steps_before_reading_data(no_cifar10: Path, no
         ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
         ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
         ({"limit": 0}, "limit must be an int >= 1, got 0"),
-        ({"seed": "0"}, "seed must be an int, got '0'"),
+        ({"random_state": "0"}, "random_state must be an int, got '0'"),
         ({"first_kernel": 4}, "first_kernel must be odd"),
         ({"first_stride": 0}, "first_stride must be an int >= 1, got 0"),
         ({"renormalize": -0.1}, "renormalize must be None or a finite number > 0, got -0.1"),
@@ -142,6 +142,11 @@ def test_training_checks_every_argument_before_reading_data(
 ) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         train_default_model(log=False, **kwargs)
+
+
+def test_training_seed_is_the_deprecated_spelling_of_random_state(no_cifar10: Path, no_reads: None) -> None:
+    with pytest.warns(DeprecationWarning, match="use random_state="), pytest.raises(ValueError, match="random_state"):
+        train_default_model(log=False, seed="0")  # type: ignore[arg-type]
 
 
 def test_training_checks_checkpoints_type(no_cifar10: Path, no_reads: None) -> None:

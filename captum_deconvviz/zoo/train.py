@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _check_arguments(
     epochs: int,
     batch_size: int,
     lr: float,
-    seed: int,
+    random_state: int,
     device: str | None,
     limit: int | None,
     first_kernel: int,
@@ -81,8 +82,8 @@ def _check_arguments(
         raise ValueError(f"first_kernel must be odd (padding keeps the size), got {first_kernel}")
     if limit is not None:
         _positive_int("limit", limit)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(random_state, bool) or not isinstance(random_state, int):
+        raise ValueError(f"random_state must be an int, got {random_state!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if renormalize is not None and (
@@ -115,7 +116,7 @@ def train_default_model(
     epochs: int = 13,
     batch_size: int = 256,
     lr: float = 0.2,
-    seed: int = 0,
+    random_state: int = 0,
     data_root: str | None = None,
     device: str | None = None,
     limit: int | None = None,
@@ -124,6 +125,8 @@ def train_default_model(
     first_stride: int = 1,
     renormalize: float | None = None,
     checkpoints: list[ZFNetCIFAR] | None = None,
+    *,
+    seed: int | None = None,
 ) -> tuple[ZFNetCIFAR, dict[str, float | int | str]]:
     """Train the default model and return it (BatchNorm folded, eval mode) with metrics.
 
@@ -131,7 +134,7 @@ def train_default_model(
         epochs: passes over the training set.
         batch_size: images per step.
         lr: peak learning rate of the one-cycle schedule.
-        seed: seeds initialization, data order and augmentation.
+        random_state: seeds initialization, data order and augmentation.
         data_root: folder with CIFAR-10's ``train.zip``/``test.zip``; default
             :func:`captum_deconvviz.data.find_cifar10`.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
@@ -141,6 +144,7 @@ def train_default_model(
         renormalize: if given, cap every conv filter's RMS at this radius after each step
             (Zeiler & Fergus's fix, :func:`captum_deconvviz.diagnose.renormalize_after_step`).
         checkpoints: if given, a folded copy of the model is appended after each epoch.
+        seed: deprecated spelling of ``random_state``.
 
     Returns:
         ``(model, {"test_accuracy": ..., "train_seconds": ..., ...})``.
@@ -154,12 +158,16 @@ def train_default_model(
         >>> sorted(metrics)[:2]  # doctest: +SKIP
         ['batch_size', 'device']
     """
+    if seed is not None:
+        message = "train_default_model(seed=...) is deprecated, removed in the next release: use random_state="
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        random_state = seed
     dev = _check_arguments(
-        epochs, batch_size, lr, seed, device, limit, first_kernel, first_stride, renormalize, checkpoints
+        epochs, batch_size, lr, random_state, device, limit, first_kernel, first_stride, renormalize, checkpoints
     )
     if limit is not None and epochs * (limit // batch_size) < 4:
         _too_few_steps(epochs, limit, batch_size)  # known before reading a single image
-    torch.manual_seed(seed)
+    torch.manual_seed(random_state)
     root = data_root or find_cifar10()
     missing = [name for name in ("train.zip", "test.zip") if root is None or not (Path(root) / name).is_file()]
     if missing:
@@ -191,7 +199,7 @@ def train_default_model(
         from ..diagnose import renormalize_after_step
 
         renormalize_after_step(optimizer, model, renormalize)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(random_state)
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -219,7 +227,7 @@ def train_default_model(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
-        "seed": seed,
+        "seed": random_state,  # the key the shipped metrics (zf_cifar10.json) were written with
         "train_images": len(train_x),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -244,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=13)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
+                        help="seeds initialization, data order and augmentation (--seed: old spelling)")  # fmt: skip
     parser.add_argument("--data", default=None, help="folder with CIFAR-10's train.zip and test.zip")
     parser.add_argument("--device", default=None)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
@@ -254,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--out {args.out!r}: folder {str(out.parent)!r} does not exist")
     try:
         model, metrics = train_default_model(
-            args.epochs, args.batch_size, args.lr, args.seed, args.data, args.device, args.limit
+            args.epochs, args.batch_size, args.lr, args.random_state, args.data, args.device, args.limit
         )
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
