@@ -20,11 +20,17 @@ SECTIONS = {
     "Receptive fields": ["receptive_field", "receptive_field_table", "ReceptiveField", "ReceptiveFieldTable",
                          "ReceptiveFieldError"],
     "Mining": ["mine_topk", "MiningResult", "Record", "ChannelStats", "Crops"],
-    "Figures": ["plot_filters", "plot_topk", "plot_hierarchy"],
+    "Figures": [
+        "plot_filters", "plot_topk", "plot_hierarchy", "hierarchy_channels", "plot_comparison", "plot_randomization",
+        "plot_diagnosis", "plot_feature_evolution",
+    ],
     "Comparison and sanity checks": [
         "compare_methods", "ComparisonResult", "randomization_test", "RandomizationResult",
     ],
-    "Diagnostics": ["diagnose", "Diagnosis", "renormalize_filters_", "renormalize_after_step", "feature_evolution"],
+    "Diagnostics": [
+        "diagnose", "Diagnosis", "renormalize_filters_", "renormalize_after_step", "track_features", "FeatureEvolution",
+        "feature_evolution",
+    ],
     "Engine": ["ReverseRules"],
 }  # fmt: skip
 EXTRA = {
