@@ -8,6 +8,8 @@
   eval-mode dropout. One forward pass on one image, watched by hooks, shows which tensors
   are linked that way; a tensor is ``(object, version counter)``, so an in-place op in
   between (which bumps the counter) links only through a rectifier seen doing it.
+* :func:`check_arguments`: every argument of ``diagnose`` checked before any forward pass,
+  including that a mining result is of this model, weights and data.
 * :func:`stream`: the activity of the layers the result cannot answer and the aliasing
   energy of strided layers, in one forward per batch, stopped after the last layer needed.
 """
@@ -24,7 +26,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _datasource
-from ._forward import EvalMode, StopForward
+from ._forward import EvalMode, StopForward, resolve_layer
+from .mining import model_fingerprint
+from .mining_result import MiningResult
 
 _State = tuple[int, int]  # (id of the tensor object, its version counter)
 #: Modules that may link two tensors' activity (see :func:`_keeps_activity`): watched in the probe.
@@ -55,6 +59,57 @@ def _keeps_activity(module: nn.Module, inputs: Tensor, output: Tensor) -> bool:
     return False
 
 
+class _ActivityWatch:
+    """The hooks of :func:`activity_sources`: which tensors a forward pass links, as union-find sets.
+
+    A tensor is ``(id, version counter)``; a module that keeps activity (:func:`_keeps_activity`)
+    puts its input and output in one set.
+    """
+
+    def __init__(self) -> None:
+        self.parent: dict[_State, _State] = {}
+        self.keep: list[Tensor] = []  # every tensor seen stays alive, so no id is reused during the pass
+        self.before: dict[str, tuple[Tensor, _State]] = {}
+        self.outputs: dict[str, _State] = {}
+        self.calls: Counter[str] = Counter()
+
+    def find(self, state: _State) -> _State:
+        parent = self.parent
+        parent.setdefault(state, state)
+        while parent[state] != state:
+            parent[state] = parent[parent[state]]
+            state = parent[state]
+        return state
+
+    def state(self, tensor: Tensor) -> _State:
+        self.keep.append(tensor)
+        return id(tensor), tensor._version
+
+    def pre_hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], Tensor):
+                self.before[name] = (args[0], self.state(args[0]))
+
+        return hook
+
+    def post_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) and output else output
+            if not isinstance(out, Tensor):
+                return
+            self.calls[name] += 1
+            after = self.state(out)
+            self.outputs.setdefault(name, after)
+            if name in self.before and _keeps_activity(module, self.before[name][0], out):
+                self.parent[self.find(self.before[name][1])] = self.find(after)
+
+        return hook
+
+    def root(self, name: str) -> _State | None:
+        """The set of the output of ``name``, if it ran exactly once."""
+        return self.find(self.outputs[name]) if name in self.outputs and self.calls[name] == 1 else None
+
+
 def activity_sources(model: nn.Module, names: Sequence[str], mined: Sequence[str], image: Tensor) -> dict[str, str]:
     """For each diagnosed layer whose per-image activity equals a mined layer's, that mined layer.
 
@@ -72,62 +127,21 @@ def activity_sources(model: nn.Module, names: Sequence[str], mined: Sequence[str
     mined_modules = [name for name in mined if name in modules]
     if not mined_modules:
         return {}
-    parent: dict[_State, _State] = {}
-
-    def find(state: _State) -> _State:
-        parent.setdefault(state, state)
-        while parent[state] != state:
-            parent[state] = parent[parent[state]]
-            state = parent[state]
-        return state
-
-    keep: list[Tensor] = []  # every tensor seen stays alive, so no id is reused during the pass
-    before: dict[str, tuple[Tensor, _State]] = {}
-    outputs: dict[str, _State] = {}
-    calls: Counter[str] = Counter()
-
-    def state(tensor: Tensor) -> _State:
-        keep.append(tensor)
-        return id(tensor), tensor._version
-
-    def pre_hook(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], Tensor):
-                before[name] = (args[0], state(args[0]))
-
-        return hook
-
-    def post_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, _args: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) and output else output
-            if not isinstance(out, Tensor):
-                return
-            calls[name] += 1
-            after = state(out)
-            outputs.setdefault(name, after)
-            if name in before and _keeps_activity(module, before[name][0], out):
-                parent[find(before[name][1])] = find(after)
-
-        return hook
-
+    watch = _ActivityWatch()
     watched = set(names) | set(mined_modules) | {n for n, m in modules.items() if isinstance(m, _LINKS)}
     handles = []
     try:
         for name in watched:
             if name:  # not the model itself
-                handles.append(modules[name].register_forward_pre_hook(pre_hook(name)))
-                handles.append(modules[name].register_forward_hook(post_hook(name)))
+                handles.append(modules[name].register_forward_pre_hook(watch.pre_hook(name)))
+                handles.append(modules[name].register_forward_hook(watch.post_hook(name)))
         with torch.no_grad(), EvalMode(model):
             model(image)
     finally:
         for handle in handles:
             handle.remove()
-    by_root = {find(outputs[m]): m for m in reversed(mined_modules) if m in outputs and calls[m] == 1}
-    return {
-        name: by_root[find(outputs[name])]
-        for name in names
-        if name in outputs and calls[name] == 1 and find(outputs[name]) in by_root
-    }
+    by_root = {root: m for m in reversed(mined_modules) if (root := watch.root(m)) is not None}
+    return {name: by_root[root] for name in names if (root := watch.root(name)) is not None and root in by_root}
 
 
 def stream(
@@ -195,3 +209,58 @@ def stream(
         for handle in handles:
             handle.remove()
     return active, {name: value / max(count, 1) for name, value in energy.items()}, count
+
+
+def stride_of(module: nn.Module) -> tuple[int, int] | None:
+    """The 2-d stride of a conv or pool module, if it strides (None for stride 1 or no stride)."""
+    stride = getattr(module, "stride", None)
+    if stride is None:
+        return None
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    return stride if max(stride) > 1 and len(stride) == 2 else None
+
+
+def check_arguments(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | None,
+    batch_size: int,
+    max_images: int | None,
+    result: MiningResult | None,
+) -> tuple[list[str], int]:
+    """Every argument of :func:`diagnose` checked before any forward pass: the layer names and the data's length."""
+    _datasource.check_data(data)
+    if layers is None:
+        layers = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) or (isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and stride_of(m) is not None)
+        ]
+    names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
+    if not names:
+        raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+    total = _datasource.length(data)
+    if total == 0:
+        raise ValueError("data is empty: there is nothing to diagnose")
+    if result is not None:
+        _check_result(result, model, total)
+    return names, total
+
+
+def _check_result(result: Any, model: nn.Module, total: int) -> None:
+    if not isinstance(result, MiningResult):
+        raise TypeError(f"result must be a MiningResult (from mine_topk), got {type(result).__name__}")
+    if result.fingerprint != model_fingerprint(model):
+        raise ValueError("result was mined with another model (or other weights): mine this model, or leave result out")
+    length = result.meta.get("dataset_length")
+    if length is not None and length != total:
+        raise ValueError(f"result was mined on data of {length} images, but data has {total}")
+    if result.num_images != total:
+        raise ValueError(
+            f"result covers {result.num_images} of the {total} images (one shard?): merge the shards with "
+            "MiningResult.merge, or leave result out"
+        )

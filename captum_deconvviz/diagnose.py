@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from . import _datasource
-from ._diagnose_pass import activity_sources, stream
-from ._forward import check_model, resolve_layer
+from ._diagnose_pass import activity_sources, check_arguments, stream, stride_of
+from ._forward import check_model
 from ._tables import to_html, to_markdown
-from .mining import mine_topk, model_fingerprint
+from .mining import mine_topk
 from .mining_result import Crops, MiningResult
 
 __all__ = [
@@ -199,14 +199,6 @@ class Diagnosis:
         def plot(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def _stride_of(module: nn.Module) -> tuple[int, int] | None:
-    stride = getattr(module, "stride", None)
-    if stride is None:
-        return None
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    return stride if max(stride) > 1 and len(stride) == 2 else None
-
-
 def _dense_response(module: nn.Module, inputs: Tensor) -> Tensor:
     """The module's response with stride 1 (same kernel, padding, dilation)."""
     if isinstance(module, nn.Conv2d):
@@ -268,7 +260,7 @@ def diagnose(
         >>> diagnosis = diagnose(model, data, result=mined)  # doctest: +SKIP
     """
     model = check_model(model)
-    names, total = _check_arguments(model, data, layers, batch_size, max_images, result)
+    names, total = check_arguments(model, data, layers, batch_size, max_images, result)
     modules = dict(model.named_modules())
     dead: dict[str, Tensor] = {}
     sources: dict[str, str] = {}
@@ -280,7 +272,7 @@ def diagnose(
             data = data[:max_images]
         else:
             data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
-    strided = {name: _score_of for name in names if _stride_of(modules[name]) is not None}
+    strided = {name: _score_of for name in names if stride_of(modules[name]) is not None}
     missing = [name for name in names if name not in sources]
     active: dict[str, Tensor] = {}
     aliasing: dict[str, Tensor] = {}
@@ -300,37 +292,6 @@ def diagnose(
     return Diagnosis(_layer_diagnoses(modules, names, dead, aliasing), images, notes)
 
 
-def _check_arguments(
-    model: nn.Module,
-    data: Any,
-    layers: Sequence[str] | None,
-    batch_size: int,
-    max_images: int | None,
-    result: MiningResult | None,
-) -> tuple[list[str], int]:
-    """Every argument of :func:`diagnose` checked before any forward pass: the layer names and the data's length."""
-    _datasource.check_data(data)
-    if layers is None:
-        layers = [
-            name
-            for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) or (isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and _stride_of(m) is not None)
-        ]
-    names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
-    if not names:
-        raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
-        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
-    total = _datasource.length(data)
-    if total == 0:
-        raise ValueError("data is empty: there is nothing to diagnose")
-    if result is not None:
-        _check_result(result, model, total)
-    return names, total
-
-
 def _layer_diagnoses(
     modules: dict[str, nn.Module], names: list[str], dead: dict[str, Tensor], aliasing: dict[str, Tensor]
 ) -> list[LayerDiagnosis]:
@@ -347,29 +308,14 @@ def _layer_diagnoses(
             if name == first_conv:
                 entry.high_frequency = high_frequency_fraction(module.weight)
         if name in aliasing:
-            entry.stride, entry.aliasing = _stride_of(module), aliasing[name]
+            entry.stride, entry.aliasing = stride_of(module), aliasing[name]
         entries.append(entry)
     return entries
 
 
-def _check_result(result: Any, model: nn.Module, total: int) -> None:
-    if not isinstance(result, MiningResult):
-        raise TypeError(f"result must be a MiningResult (from mine_topk), got {type(result).__name__}")
-    if result.fingerprint != model_fingerprint(model):
-        raise ValueError("result was mined with another model (or other weights): mine this model, or leave result out")
-    length = result.meta.get("dataset_length")
-    if length is not None and length != total:
-        raise ValueError(f"result was mined on data of {length} images, but data has {total}")
-    if result.num_images != total:
-        raise ValueError(
-            f"result covers {result.num_images} of the {total} images (one shard?): merge the shards with "
-            "MiningResult.merge, or leave result out"
-        )
-
-
 def _score_of(module: nn.Module, inputs: Tensor) -> Tensor:
     """The aliasing score of one batch: the module's dense response, and the energy its stride folds."""
-    return aliasing_score(_dense_response(module, inputs), _stride_of(module))  # type: ignore[arg-type]
+    return aliasing_score(_dense_response(module, inputs), stride_of(module))  # type: ignore[arg-type]
 
 
 def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: Iterable[nn.Module] | None = None) -> int:

@@ -44,17 +44,9 @@ from ._result_figures import (
 from .mining_result import Crops, MiningResult
 
 __all__ = [
-    "feature_evolution",
-    "hierarchy_channels",
-    "normalize_projection",
-    "plot_comparison",
-    "plot_diagnosis",
-    "plot_feature_evolution",
-    "plot_filters",
-    "plot_hierarchy",
-    "plot_randomization",
-    "plot_topk",
-]
+    "feature_evolution", "hierarchy_channels", "normalize_projection", "plot_comparison", "plot_diagnosis",
+    "plot_feature_evolution", "plot_filters", "plot_hierarchy", "plot_randomization", "plot_topk",
+]  # fmt: skip
 
 _CAPTUM_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
 
