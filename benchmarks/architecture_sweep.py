@@ -158,6 +158,7 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
         by_status.setdefault(r.status, []).append(r.key)
     supported = len(by_status.get("supported", []))
     wrong_models = [r.key for r in reports if r.silently_wrong]
+    bound_models = [r.key for r in reports if any(o.bound for o in r.fields)]
     checks = [o for r in reports for o in r.fields]
     attr = [r.attribution for r in reports if r.attribution is not None]
     inside = sum(o.kind == sc.FAILED for r in reports for o in r.outcomes()) + sum(bool(r.error) for r in reports)
@@ -170,6 +171,9 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
         + (f" ({', '.join(wrong_models)})" if wrong_models else ""),
         f"- receptive-field checks: {sum(o.kind == sc.PASS for o in checks)}/{len(checks)} passed, "
         + ", ".join(f"{sum(o.kind == k for o in checks)} {k}" for k in (sc.WRONG, sc.FAILED, sc.REFUSED, sc.SKIPPED)),
+        f"- fields given as a documented bound (checked by containment, not equality): "
+        f"{sum(o.bound for o in checks)} checks in {len(bound_models)} models"
+        + (f" ({', '.join(bound_models)})" if bound_models else ""),
         f"- exceptions from inside torch/numpy/timm (failures): {inside}",
         f"- attribution vs zennit: {sum(o.kind == sc.PASS for o in attr)}/{len(attr)} within {sc.REL_TOL:g}, "
         f"{sum(o.kind == sc.DIFFERS for o in attr)} documented differences, "

@@ -114,6 +114,7 @@ class Outcome:
     value: float | None = None  # attribution: the max relative error
     global_via: tuple[str, ...] | None = None  # receptive fields: as reported (None: not in the API)
     note: str = ""
+    bound: bool = False  # receptive fields: the analysis gave a documented bound (checked by containment)
 
 
 def error_outcome(err: BaseException, what: str, start: float) -> Outcome:
@@ -519,8 +520,10 @@ def check_field(
     start = time.perf_counter()
     what = layer if channel is None else f"{layer} ch {channel}"
 
+    is_bound = False
+
     def done(kind: str, message: str = "", **extra: Any) -> Outcome:
-        return Outcome(kind, what, message, time.perf_counter() - start, **extra)
+        return Outcome(kind, what, message, time.perf_counter() - start, bound=is_bound, **extra)
 
     if channel is not None and not (NEW_API["receptive_field(channel=)"] and NEW_API["measure_support(channel=)"]):
         return done(SKIPPED, "needs receptive_field(channel=) and measure_support(channel=)")
@@ -539,6 +542,7 @@ def check_field(
                     message += f" (the probe fails too: {type(probe_err).__name__})"
             return done(kind, message)
     global_via = getattr(rf, "global_via", None)
+    is_bound = not rf.exact
     note = ""
     if rf.method != "analytic":
         reasons = "; ".join(dict.fromkeys(str(w.message) for w in caught))
@@ -555,7 +559,7 @@ def check_field(
     except Exception as err:
         kind, message = classify(err)
         return done(kind, f"probe: {message}", global_via=global_via, note=note)
-    bound = not rf.exact
+    bound = is_bound
     for probe, measured in (("open", opened), ("detached", detached)):
         pairs = zip(units, expected, measured or expected, strict=True)
         blind = next((u for u, want, got in pairs if got is None and want is not None), None)
