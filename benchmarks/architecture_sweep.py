@@ -16,7 +16,7 @@ one core, depending on load), ``--quick`` (64 px, 96 for Inception and NASNet; 4
 
 Usage:
     python benchmarks/architecture_sweep.py [--quick | --ci] [--timm-only | --torchvision-only]
-        [--models resnet26d,tv/resnet18] [--out sweep.md] [--threads 1] [--timeout 900]
+        [--models resnet26d,tv/resnet18] [--size 97] [--out sweep.md] [--threads 1] [--timeout 900]
 
 Model names are timm's; torchvision models are prefixed ``tv/`` (``--list`` prints all).
 """
@@ -24,6 +24,7 @@ Model names are timm's; torchvision models are prefixed ``tv/`` (``--list`` prin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import signal
@@ -67,7 +68,7 @@ def run(spec: sc.ModelSpec, profile: sc.Profile, timeout: int) -> sc.ModelReport
         with time_limit(timeout):
             return sc.run_model(spec, profile)
     except TimeoutError as err:
-        size = spec.small if profile.small else spec.size
+        size = profile.input_size(spec)
         report = sc.ModelReport(spec.name, spec.family, spec.source, size, error=f"timeout: {err}")
         report.seconds = time.perf_counter() - start
         return report
@@ -219,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ci", action="store_true", help="the CI profile (two layers, small inputs)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    parser.add_argument("--size", type=int, help="input side for every model (odd sizes test borders)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model before it counts as FAILED")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
     args = parser.parse_args(argv)
@@ -229,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     profile = sc.PROFILES["ci" if args.ci else "quick" if args.quick else "full"]
+    if args.size:
+        profile = dataclasses.replace(profile, size=args.size)
     specs = select(args)
     start = time.perf_counter()
     reports = []

@@ -216,6 +216,11 @@ class Profile:
     channels: int  # single channels checked on the channel layer
     mining_layers: int
     images: int  # mined images
+    size: int | None = None  # input side for every model, instead of the spec's
+
+    def input_size(self, spec: ModelSpec) -> int:
+        """The input side this profile uses for ``spec``."""
+        return self.size or (spec.small if self.small else spec.size)
 
 
 PROFILES = {
@@ -671,7 +676,7 @@ def check_mining(model: nn.Module, layers: Sequence[str], images: Tensor, k: int
 
 def run_model(spec: ModelSpec, profile: Profile) -> ModelReport:
     """Every check on one model; never raises (except KeyboardInterrupt and timeouts)."""
-    size = spec.small if profile.small else spec.size
+    size = profile.input_size(spec)
     report = ModelReport(spec.name, spec.family, spec.source, size)
     start = time.perf_counter()
     try:
