@@ -155,7 +155,10 @@ def _aliasing_cell(value: float | None) -> str:
 
 @dataclass
 class Diagnosis:
-    """What :func:`diagnose` found, per layer, with a table, a figure and an HTML section."""
+    """What :func:`diagnose` found, per layer, as a table and an HTML section.
+
+    :func:`~captum_deconvviz.plot_diagnosis` draws it.
+    """
 
     layers: list[LayerDiagnosis]
     images: int
