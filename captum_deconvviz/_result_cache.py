@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +93,7 @@ def data_state(data: Any) -> tuple[Any, Any]:
     owner = data.dataset if isinstance(data, DataLoader) else data
     if isinstance(owner, Tensor):
         return owner, ("tensor", *_tensor_state(owner))
-    return owner, ("dataset", id(owner), type(owner), len(owner))
+    return owner, ("dataset", id(owner), type(owner), len(cast(Sized, owner)))
 
 
 @dataclass

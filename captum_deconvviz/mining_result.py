@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ _FORMAT = "captum_deconvviz.MiningResult/1"
 class Record(NamedTuple):
     """One strong activation: image ``index`` of the data, unit ``(y, x)``, its ``value``."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index: a public field name since 0.1
     y: int
     x: int
     value: float
@@ -243,7 +243,7 @@ class MiningResult:
             raise ValueError(f"rules must be the name of a rule set ('zf' or 'guided'), got {rules!r}")
 
         def project(images: Tensor, units: Tensor) -> Tensor:
-            return project_records(model, layer, images, units, seed=seed, rules=rules)
+            return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules)
 
         return self._crops(("projections", layer, seed, rules), model, data, layer, channel, 0.0, project)
 
@@ -575,7 +575,7 @@ def _field_from_dict(entry: dict[str, Any] | None) -> ReceptiveField | None:
     if entry is None:
         return None
     reach = entry.pop("reach")
-    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
+    fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
     return ReceptiveField(**fields, reach=tuple((tuple(lo), tuple(hi)) for lo, hi in reach) if reach else None)
 
 
