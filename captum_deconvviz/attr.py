@@ -11,7 +11,8 @@ than once.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from captum._utils.common import _format_output, _is_tuple
@@ -22,8 +23,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ._forward import check_model, check_target, format_inputs, forward_to_layer, resolve_layer, run_forward
+from ._units import NeuronSelector, Seed, check_seed, neuron_seed, reverse_from_seeds
 from .engine import ActivationPolicy, ReverseRules
-from .projection import NeuronSelector, Seed, _check_seed, neuron_seed
 
 __all__ = ["EngineGuidedBackprop", "NeuronEngineGuidedBackprop", "NeuronZFDeconvolution", "ZFDeconvolution"]
 
@@ -37,23 +38,35 @@ def _warn_if_training(model: nn.Module) -> None:
             "the model is in training mode: BatchNorm uses batch statistics (and updates its running "
             "statistics) and Dropout is random. Call model.eval() for reproducible attributions.",
             UserWarning,
-            stacklevel=5,
+            stacklevel=5,  # the user's call <- Captum's log_usage <- attribute <- _reverse <- here
         )
 
 
-def _gradients(outputs: Tensor, inputs: tuple[Tensor, ...], grad_outputs: Tensor) -> tuple[Tensor, ...]:
-    if not outputs.requires_grad:
-        return tuple(torch.zeros_like(x) for x in inputs)
-    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-class _RuleAttribution(GradientAttribution):
+def _documented(method: _Method, doc: str) -> _Method:
+    """``method`` as a public class's own method: logged as Captum logs ``attribute``, under ``doc``.
+
+    The DeconvNet and Guided Backprop classes share one ``attribute`` (signature and
+    body) but each documents it in its own words; ``log_usage`` makes a new function,
+    which takes the docstring. Its ``__wrapped__`` is the undecorated method, as Captum's
+    ``NoiseTunnel`` expects.
+    """
+    logged: _Method = log_usage()(method)
+    logged.__doc__ = doc
+    return logged
+
+
+class _EngineMethod:
+    """What the engine's Captum classes share: the rule set, the activation policy, and one
+    forward plus one reverse pass with Captum's input bookkeeping around them."""
+
     _rules = "zf"
+    model: nn.Module
+    activations: ActivationPolicy
 
-    def __init__(self, model: nn.Module, activations: ActivationPolicy = "rectify") -> None:
-        model = check_model(model)
-        GradientAttribution.__init__(self, model)
+    def _use_engine(self, model: nn.Module, activations: ActivationPolicy) -> None:
         self.model = model
         ReverseRules(self._rules, activations)  # validates ``activations`` now, not at attribute()
         self.activations = activations
@@ -62,9 +75,14 @@ class _RuleAttribution(GradientAttribution):
     def multiplies_by_inputs(self) -> bool:
         return False
 
-    def _attribute(
-        self, inputs: TensorOrTupleOfTensorsGeneric, target: TargetType, additional_forward_args: Any
+    def _reverse(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        forward: Callable[[tuple[Tensor, ...]], Any],
+        seeds: Callable[[Any], tuple[Tensor, Tensor]],
     ) -> TensorOrTupleOfTensorsGeneric:
+        """Run ``forward`` under the rule set, seed its result with ``seeds`` (output, seed),
+        and return the reverse pass at the inputs, shaped as Captum returns attributions."""
         is_tuple = _is_tuple(inputs)
         inputs_tuple = format_inputs(inputs, self.model)
         _warn_if_training(self.model)
@@ -72,12 +90,35 @@ class _RuleAttribution(GradientAttribution):
         try:
             with torch.enable_grad():
                 with ReverseRules(self._rules, activations=self.activations):
-                    output = run_forward(self.model, inputs_tuple, additional_forward_args)
-                selected = check_target(output, target)
-                grads = _gradients(selected, inputs_tuple, torch.ones_like(selected))
+                    output = forward(inputs_tuple)
+                selected, seed = seeds(output)
+                grads = reverse_from_seeds(selected, inputs_tuple, seed)
         finally:
             undo_gradient_requirements(inputs_tuple, gradient_mask)
         return _format_output(is_tuple, grads)
+
+
+class _RuleAttribution(_EngineMethod, GradientAttribution):
+    """A Captum ``GradientAttribution`` from the output (``target``) back to the inputs."""
+
+    def __init__(self, model: nn.Module, activations: ActivationPolicy = "rectify") -> None:
+        model = check_model(model)
+        GradientAttribution.__init__(self, model)
+        self._use_engine(model, activations)
+
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        """Each public subclass documents this in its own words (:func:`_documented`)."""
+
+        def seeds(output: Any) -> tuple[Tensor, Tensor]:
+            selected = check_target(output, target)
+            return selected, torch.ones_like(selected)
+
+        return self._reverse(inputs, lambda xs: run_forward(self.model, xs, additional_forward_args), seeds)
 
 
 class ZFDeconvolution(_RuleAttribution):
@@ -113,13 +154,8 @@ class ZFDeconvolution(_RuleAttribution):
 
     _rules = "zf"
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTupleOfTensorsGeneric:
+    attribute = _documented(
+        _RuleAttribution.attribute,
         r"""Project the target output back to the inputs with the DeconvNet.
 
         Args:
@@ -139,8 +175,8 @@ class ZFDeconvolution(_RuleAttribution):
         Example::
 
             >>> attributions = ZFDeconvolution(model).attribute(images, target=[3, 7])
-        """
-        return self._attribute(inputs, target, additional_forward_args)
+        """,
+    )
 
 
 class EngineGuidedBackprop(_RuleAttribution):
@@ -164,13 +200,8 @@ class EngineGuidedBackprop(_RuleAttribution):
 
     _rules = "guided"
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTupleOfTensorsGeneric:
+    attribute = _documented(
+        _RuleAttribution.attribute,
         r"""Guided Backprop of the target output with respect to the inputs.
 
         Args:
@@ -186,12 +217,12 @@ class EngineGuidedBackprop(_RuleAttribution):
         Example::
 
             >>> attributions = EngineGuidedBackprop(model).attribute(images, target=3)
-        """
-        return self._attribute(inputs, target, additional_forward_args)
+        """,
+    )
 
 
-class _RuleNeuronAttribution(NeuronAttribution, GradientAttribution):
-    _rules = "zf"
+class _RuleNeuronAttribution(_EngineMethod, NeuronAttribution, GradientAttribution):
+    """A Captum ``NeuronAttribution`` from a unit of ``layer`` back to the inputs."""
 
     def __init__(
         self,
@@ -204,43 +235,30 @@ class _RuleNeuronAttribution(NeuronAttribution, GradientAttribution):
         self.layer_name, module = resolve_layer(model, layer)
         NeuronAttribution.__init__(self, model, module, device_ids)
         GradientAttribution.__init__(self, model)
-        self.model = model
-        ReverseRules(self._rules, activations)
-        self.activations = activations
+        self._use_engine(model, activations)
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    def _attribute(
+    def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
         neuron_selector: NeuronSelector,
-        additional_forward_args: Any,
-        attribute_to_neuron_input: bool,
-        seed: Seed,
+        additional_forward_args: Any = None,
+        attribute_to_neuron_input: bool = False,
+        seed: Seed = "activation",
     ) -> TensorOrTupleOfTensorsGeneric:
-        _check_seed(seed)
-        is_tuple = _is_tuple(inputs)
-        inputs_tuple = format_inputs(inputs, self.model)
-        _warn_if_training(self.model)
-        gradient_mask = apply_gradient_requirements(inputs_tuple, warn=False)
-        try:
-            with torch.enable_grad():
-                with ReverseRules(self._rules, activations=self.activations):
-                    layer_tensor = forward_to_layer(
-                        self.model,
-                        self.layer,
-                        inputs_tuple,
-                        additional_forward_args,
-                        to_input=attribute_to_neuron_input,
-                        layer_name=self.layer_name,
-                    )
-                grad_outputs = neuron_seed(layer_tensor, neuron_selector, seed)
-                grads = _gradients(layer_tensor, inputs_tuple, grad_outputs)
-        finally:
-            undo_gradient_requirements(inputs_tuple, gradient_mask)
-        return _format_output(is_tuple, grads)
+        """Each public subclass documents this in its own words (:func:`_documented`)."""
+        check_seed(seed)
+
+        def forward(xs: tuple[Tensor, ...]) -> Tensor:
+            return forward_to_layer(
+                self.model,
+                self.layer,
+                xs,
+                additional_forward_args,
+                to_input=attribute_to_neuron_input,
+                layer_name=self.layer_name,
+            )
+
+        return self._reverse(inputs, forward, lambda out: (out, neuron_seed(out, neuron_selector, seed)))
 
 
 class NeuronZFDeconvolution(_RuleNeuronAttribution):
@@ -273,15 +291,8 @@ class NeuronZFDeconvolution(_RuleNeuronAttribution):
 
     _rules = "zf"
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
-        additional_forward_args: Any = None,
-        attribute_to_neuron_input: bool = False,
-        seed: Seed = "activation",
-    ) -> TensorOrTupleOfTensorsGeneric:
+    attribute = _documented(
+        _RuleNeuronAttribution.attribute,
         r"""Project the selected neuron of ``layer`` back to the inputs.
 
         Args:
@@ -306,8 +317,8 @@ class NeuronZFDeconvolution(_RuleNeuronAttribution):
 
             >>> units = torch.tensor([[12, 3, 3], [40, 1, 5]])
             >>> attributions = neuron.attribute(images, units, seed="one")
-        """
-        return self._attribute(inputs, neuron_selector, additional_forward_args, attribute_to_neuron_input, seed)
+        """,
+    )
 
 
 class NeuronEngineGuidedBackprop(_RuleNeuronAttribution):
@@ -331,15 +342,8 @@ class NeuronEngineGuidedBackprop(_RuleNeuronAttribution):
 
     _rules = "guided"
 
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
-        additional_forward_args: Any = None,
-        attribute_to_neuron_input: bool = False,
-        seed: Seed = "activation",
-    ) -> TensorOrTupleOfTensorsGeneric:
+    attribute = _documented(
+        _RuleNeuronAttribution.attribute,
         r"""Guided Backprop of the selected neuron of ``layer`` to the inputs.
 
         Args:
@@ -359,5 +363,5 @@ class NeuronEngineGuidedBackprop(_RuleNeuronAttribution):
         Example::
 
             >>> attributions = NeuronEngineGuidedBackprop(model, "features.7").attribute(images, (1, 2, 2))
-        """
-        return self._attribute(inputs, neuron_selector, additional_forward_args, attribute_to_neuron_input, seed)
+        """,
+    )

@@ -19,10 +19,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captum_deconvviz"
 LAYERS: dict[int, set[str]] = {
     1: {"_ops", "_geometry", "_field", "_tables"},
     2: {"_rule_sets", "engine"},
-    3: {"_forward", "_taps", "data", "_datasource", "zoo", "zoo.model", "zoo.transforms", "zoo.data"},
+    3: {"_forward", "_units", "_taps", "data", "_datasource", "zoo", "zoo.model", "zoo.transforms", "zoo.data"},
     4: {
         "_rf_blocks", "_rf_window", "_rf_index", "_rf_mix", "_rf_local", "_rf_rules", "_rf_graph", "_rf_types",
-        "_probe", "receptive_field", "cropped", "projection", "attr",
+        "_probe", "receptive_field", "cropped", "_chunks", "projection", "attr",
     },
     5: {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",

@@ -1,4 +1,4 @@
-"""project_units: batching, intermediates, per-example units."""
+"""project_units and project_records: batching, intermediates, per-example units, records; the shared Captum classes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from conftest import assert_rel_close
 from oracles import explicit_deconvnet, strongest_units
 from torch import Tensor
 
-from captum_deconvviz import NeuronZFDeconvolution, project_units
+from captum_deconvviz import (
+    EngineGuidedBackprop,
+    NeuronEngineGuidedBackprop,
+    NeuronZFDeconvolution,
+    ZFDeconvolution,
+    project_records,
+    project_units,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +79,120 @@ def test_projection_of_a_linear_layer_unit() -> None:
     for i in range(2):
         single = NeuronZFDeconvolution(model, "4").attribute(x[i : i + 1], int(units[i]), seed="one")
         assert_rel_close(out[i : i + 1], single)
+
+
+# ---- project_records: records (image, channel, y, x) of few images ---------------------------
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, padding=1),
+        torch.nn.Conv2d(6, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.ReLU(),
+    ).eval()
+
+
+#: Records ``(image, channel, y, x)`` of 3 images with 4, 1 and 0 records, not sorted by image.
+RECORDS = torch.tensor([[1, 2, 3, 4], [0, 5, 0, 0], [0, 5, 0, 0], [0, 1, 7, 7], [0, 7, 15, 2]])
+
+
+@pytest.mark.parametrize("crop", [False, True])
+@pytest.mark.parametrize("rows", [None, 1, 3])
+@pytest.mark.parametrize("seed", ["activation", "one"])
+def test_project_records_equals_project_units_row_by_row(crop: bool, rows: int | None, seed: str) -> None:
+    model = _small_net()
+    images = torch.randn(3, 3, 32, 32)
+    out = project_records(model, "4", images, RECORDS, seed=seed, rows=rows, crop=crop)  # type: ignore[arg-type]
+    expected = project_units(model, "4", images[RECORDS[:, 0]], RECORDS[:, 1:], seed=seed, crop=False)  # type: ignore[arg-type]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert out.abs().sum() > 0
+
+
+def test_project_records_of_a_linear_layer_and_no_records() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5))
+    images = torch.randn(2, 3, 8, 8)
+    records = torch.tensor([[1, 4], [0, 0], [1, 2]])
+    out = project_records(model.eval(), "3", images, records, seed="one")
+    expected = project_units(model, "3", images[records[:, 0]], records[:, 1:], seed="one")
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    empty = project_records(model, "3", images, torch.zeros(0, 2, dtype=torch.long))
+    assert empty.shape == (0, 3, 8, 8)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_project_records_checks(crop: bool) -> None:
+    model, images = _small_net(), torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"records\[:, 0\] must index the 2 images"):
+        project_records(model, "4", images, torch.tensor([[2, 0, 0, 0]]), crop=crop)
+    with pytest.raises(ValueError, match=r"records\[1\] = \[1, 0, 16, 0\] is out of range"):
+        project_records(model, "4", images, torch.tensor([[0, 0, 0, 0], [1, 0, 16, 0]]), crop=crop)
+    with pytest.raises(ValueError, match=r"records must have shape \[R=1, 4\]"):
+        project_records(model, "4", images, torch.tensor([[0, 0, 0]]), crop=crop)
+    with pytest.raises(ValueError, match=r"records must have shape \[R, 1 \+ k\]"):
+        project_records(model, "4", images, torch.tensor([0, 0, 0]), crop=crop)
+    with pytest.raises(TypeError, match="records must be an integer tensor"):
+        project_records(model, "4", images, torch.zeros(1, 4), crop=crop)
+
+
+def test_project_records_accepts_the_old_keyword_with_a_deprecation_warning() -> None:
+    model, images = _small_net(), torch.randn(3, 3, 32, 32)
+    with pytest.warns(DeprecationWarning, match=r"project_records\(units=\.\.\.\) is deprecated") as caught:
+        old = project_records(model, "4", images, units=RECORDS, crop=False)
+    assert caught[0].filename == __file__
+    torch.testing.assert_close(old, project_records(model, "4", images, RECORDS, crop=False))
+    with pytest.raises(TypeError, match="missing required argument: 'records'"):
+        project_records(model, "4", images)
+
+
+def test_an_error_in_a_later_chunk_names_the_callers_row(alexnet: torch.nn.Module) -> None:
+    x = torch.randn(5, 3, 64, 64)
+    units = torch.tensor([[0, 0, 0]] * 4 + [[0, 99, 0]])
+    with pytest.raises(ValueError, match=r"units\[4\] = \[0, 99, 0\] is out of range"):
+        project_units(alexnet, "features.4", x, units, batch_size=2, crop=False)
+
+
+def _bn_net() -> torch.nn.Module:  # left in training mode on purpose
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: ZFDeconvolution(m).attribute(x, target=1),
+        lambda m, x: EngineGuidedBackprop(m).attribute(x, target=1),
+        lambda m, x: NeuronZFDeconvolution(m, "2").attribute(x, (1, 2, 2)),
+        lambda m, x: NeuronEngineGuidedBackprop(m, "2").attribute(x, (1, 2, 2), seed="one"),
+    ],
+    ids=["zf", "guided", "neuron-zf", "neuron-guided"],
+)
+def test_training_mode_warning_points_at_the_callers_line(call: object) -> None:
+    with pytest.warns(UserWarning, match="training mode") as caught:
+        call(_bn_net(), torch.randn(2, 3, 8, 8))  # type: ignore[operator]
+    assert [w.filename for w in caught if "training mode" in str(w.message)] == [__file__]
+
+
+def test_each_class_documents_its_own_attribute_and_noise_tunnel_still_works() -> None:
+    import inspect
+
+    from captum.attr import NoiseTunnel
+
+    docs = {cls: inspect.getdoc(cls.attribute) or "" for cls in (ZFDeconvolution, EngineGuidedBackprop)}
+    assert docs[ZFDeconvolution].startswith("Project the target output back to the inputs with the DeconvNet.")
+    assert docs[EngineGuidedBackprop].startswith("Guided Backprop of the target output")
+    assert list(inspect.signature(ZFDeconvolution.attribute).parameters) == [
+        "self", "inputs", "target", "additional_forward_args"
+    ]  # fmt: skip
+    assert list(inspect.signature(NeuronZFDeconvolution.attribute).parameters) == [
+        "self", "inputs", "neuron_selector", "additional_forward_args", "attribute_to_neuron_input", "seed"
+    ]  # fmt: skip
+    model, x = _bn_net().eval(), torch.randn(2, 3, 8, 8)
+    smooth = NoiseTunnel(ZFDeconvolution(model)).attribute(x, nt_samples=2, stdevs=0.0, target=1)
+    torch.testing.assert_close(smooth, ZFDeconvolution(model).attribute(x, target=1))
