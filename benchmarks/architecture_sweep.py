@@ -125,7 +125,7 @@ def row(report: sc.ModelReport) -> list[str]:
     bad = next((o for o in report.fields if o.kind != sc.PASS), None)
     reasons = global_reasons(report)
     mining = "-" if report.mining is None else report.mining.kind
-    notes = [report.error] if report.error else []
+    notes = [text for text in (report.not_run, report.error) if text]
     notes += [o.note for o in report.outcomes() if o.note]
     notes += [sc.describe(o) for o in (attr, report.mining) if o is not None and o.kind != sc.PASS]
     return [
@@ -158,6 +158,7 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
     for r in reports:
         by_status.setdefault(r.status, []).append(r.key)
     supported = len(by_status.get("supported", []))
+    not_run = len(by_status.get("not run", []))
     wrong_models = [r.key for r in reports if r.silently_wrong]
     bound_models = [r.key for r in reports if any(o.bound for o in r.fields)]
     checks = [o for r in reports for o in r.fields]
@@ -167,6 +168,7 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
         f"- models: {n} ({sum(r.source == 'torchvision' for r in reports)} torchvision, "
         f"{sum(r.source == 'timm' for r in reports)} timm)",
         f"- supported: {supported}/{n} ({100 * supported / max(n, 1):.0f}%)"
+        + (f", {supported}/{n - not_run} of the models that run at this size" if not_run else "")
         + "".join(f"; {k}: {len(v)}" for k, v in sorted(by_status.items()) if k != "supported"),
         f"- silently wrong fields: {sum(o.kind == sc.WRONG for o in checks)} checks in {len(wrong_models)} models"
         + (f" ({', '.join(wrong_models)})" if wrong_models else ""),
@@ -183,11 +185,11 @@ def summary(reports: Sequence[sc.ModelReport], seconds: float) -> str:
         "- issue-12 API present: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in sc.NEW_API.items()),
         f"- wall time: {seconds / 60:.1f} min",
     ]
-    for status in ("FAILED", "refused", "incomplete"):
+    for status in ("FAILED", "refused", "incomplete", "not run"):
         for r in reports:
             if r.status == status:
                 problem = r.first_problem()
-                text = r.error or (sc.describe(problem) if problem else "")
+                text = r.not_run or r.error or (sc.describe(problem) if problem else "")
                 lines.append(f"  - {status} `{r.key}`: {cell(text, 240)}")
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ model in eval mode it checks:
 * **receptive fields** of an early, a middle and the last stage output (and single
   channels of a concatenation): ``receptive_field(...).clipped_box`` per unit against
   the gradient probe ``measure_support``. Where ``global_via`` is not empty (global
-  statistics or gates), the probe with global paths open must see the whole input and
+  statistics or gates), the probe with global paths open must see all the layer's map
+  reaches (the whole input unless a stride leaves border pixels unseen) and
   the probe with them detached must equal the local field; where it is empty, a
   detached probe that differs from the open one is a global path the analysis missed;
 * **mining**: a verified ``mine_topk`` run, then ``patches`` and ``projections`` of the
@@ -139,6 +140,7 @@ class ModelReport:
     mining: Outcome | None = None
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    not_run: str = ""  # why the plain model fails at this input size (not the package's fault)
 
     @property
     def key(self) -> str:
@@ -151,7 +153,10 @@ class ModelReport:
 
     @property
     def status(self) -> str:
-        """``"supported"``, ``"refused"`` or ``"FAILED"`` (see the module docstring)."""
+        """``"supported"``, ``"refused"``, ``"FAILED"``, ``"incomplete"`` (API missing) or
+        ``"not run"`` (the model itself rejects the input size)."""
+        if self.not_run:
+            return "not run"
         kinds = {o.kind for o in self.outcomes()}
         if self.error or kinds & {WRONG, FAILED}:
             return "FAILED"
@@ -576,11 +581,17 @@ def check_field(
                 note=note,
             )
     if global_via:
+        # Through a global path a unit sees every pixel the layer's map reaches: the hull of
+        # its corner units' fields (the whole input, unless a stride leaves border pixels unseen).
+        h, w = rf.output_size
+        first, last = tuple(rf.clipped_box(0, 0)), tuple(rf.clipped_box(h - 1, w - 1))
+        reach = (*first[:2], *last[2:])
         for unit, got in zip(units, opened, strict=True):
-            if got != whole:
+            if not _inside(reach, got):
                 return done(
                     WRONG,
-                    f"global_via {global_via} but the open probe sees {got}, not the whole input, at unit {unit}",
+                    f"global_via {global_via} but the open probe sees {got}, not the map's reach {reach}, "
+                    f"at unit {unit}",
                     global_via=global_via,
                 )
         if detached is None:
@@ -683,10 +694,20 @@ def run_model(spec: ModelSpec, profile: Profile) -> ModelReport:
         model = build(spec)
         report.build_s = time.perf_counter() - start
         images = sample_images(max(2, profile.images), size)
-        t = time.perf_counter()
+    except Exception as err:
+        report.error = f"setup: {classify(err)[1]}"
+        report.seconds = time.perf_counter() - start
+        return report
+    t = time.perf_counter()
+    try:
         with torch.no_grad():
             model(images[:1])
-        report.forward_s = time.perf_counter() - t
+    except Exception as err:  # the model's own limit (e.g. DLA and HRNet need sides divisible by 32)
+        report.not_run = f"the model does not run at {size} px: {classify(err)[1]}"
+        report.seconds = time.perf_counter() - start
+        return report
+    report.forward_s = time.perf_counter() - t
+    try:
         layers = pick_layers(spec, model, images[:1], profile.layers)
         channel_layer = spec.channel_layer
         if channel_layer is None:
