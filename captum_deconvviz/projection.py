@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._chunks import MAX_CHUNK_ROWS, ChunkSizer
+from ._chunks import MAX_CHUNK_ROWS, MAX_CROPPED_CHUNK_ROWS, ChunkSizer
 from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
 from ._geometry import box_slices
 from ._units import (
@@ -95,6 +95,10 @@ class _Projector:
     def cropping(self, crop: bool | str, input_shape: tuple[int, ...]) -> _Projector:
         """This projector with a cropped plan where ``crop`` asks for one and the layer allows it."""
         return replace(self, plan=_choose_plan(self.model, self.name, input_shape, crop))
+
+    def sizer(self, rows: int | None) -> ChunkSizer:
+        """Chunks of ``rows`` rows, or sized from the first's memory; crops allow more per chunk."""
+        return ChunkSizer(self.model, rows, MAX_CHUNK_ROWS if self.plan is None else MAX_CROPPED_CHUNK_ROWS)
 
     @property
     def layer_shape(self) -> tuple[int, ...] | None:
@@ -251,7 +255,7 @@ def _units_in_chunks(
     projector: _Projector, inputs: Tensor, units: Tensor, batch_size: int | None, capture: bool
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`project_units`' projections chunk by chunk, and the reverse signals if ``capture``."""
-    sizer = ChunkSizer(projector.model, batch_size)
+    sizer = projector.sizer(batch_size)
     chunks: list[Tensor] = []
     signals: dict[str, list[Tensor]] = {}
     for start, stop in sizer.spans(len(inputs)):
@@ -339,7 +343,7 @@ def project_records(
 
 def _records_on_crops(projector: _Projector, images: Tensor, records: Tensor, rows: int | None, out: Tensor) -> None:
     """Project the records into ``out``, chunk by chunk of records, each on its crop."""
-    sizer = ChunkSizer(projector.model, rows, cap=MAX_CHUNK_ROWS * 4)
+    sizer = projector.sizer(rows)
     for start, stop in sizer.spans(len(records)):
         with sizer.measure(stop - start):
             chunk_images = images[records[start:stop, 0].to(images.device)]
@@ -353,7 +357,7 @@ def _records_by_image(projector: _Projector, images: Tensor, records: Tensor, ro
     has about as many slots as each of its images has records.
     """
     counts, slot, order = _slots(records, len(images))
-    sizer = ChunkSizer(projector.model, rows)
+    sizer = projector.sizer(rows)
     for start, stop in sizer.spans(len(order), lambda position: int(counts[order[position]])):
         chunk = order[start:stop]
         with sizer.measure(len(chunk)):
