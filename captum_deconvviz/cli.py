@@ -269,7 +269,10 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose
 
-    diagnosis = diagnose(model, dataset, batch_size=args.batch_size, max_images=1000, progress=_distributed.is_main())
+    # Dead filters come from the mining statistics; only aliasing still needs a (short) pass.
+    diagnosis = diagnose(
+        model, dataset, batch_size=args.batch_size, max_images=1000, progress=_distributed.is_main(), result=result
+    )
     index = write_report(
         args.out, model, dataset, result, title=title, denormalize=display, image_labels=labels,
         model_name=args.model, data_name=name, command=["deconvviz", *sys.argv[1:]], diagnosis=diagnosis,
