@@ -1,27 +1,36 @@
 """Image datasets for mining and reports: folders, zip archives, CIFAR-10's JPEG zips.
 
-Unreadable or corrupted files are skipped and counted, never a crash.
+Every file is decoded when the dataset is built, and one that does not decode (truncated,
+corrupt, empty, not an image, unreadable) is skipped and counted, never a crash: records
+refer to dataset indices, so every index a dataset exposes must decode later.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "ZipImages", "find_cifar10", "load_cifar10"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "UnreadableImageError", "ZipImages", "find_cifar10", "load_cifar10"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-_BAD_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class UnreadableImageError(OSError):
+    """An image that decoded when its dataset was built no longer does (changed on disk since)."""
 
 
 def _check_limit(limit: int | None) -> None:
@@ -39,6 +48,82 @@ def _label_of(relative: Path) -> str | None:
     return relative.parts[-2] if len(relative.parts) >= 2 else None
 
 
+@contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` off inside the block, then as found.
+
+    A user or another library may have set it to True. PIL then fills a truncated file's
+    missing rows with grey, and skips the checksums of a PNG's ancillary chunks: silently
+    wrong pixels instead of an error. The flag is global (another thread decoding during
+    the block sees it off too), so the block is kept to one file.
+    """
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+
+
+def _png_damage(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunks, or ``None``: every CRC, up to a complete IEND.
+
+    PIL's decoder checks no CRC of the pixel data (IDAT), so a damaged file whose zlib
+    stream still inflates would decode to wrong pixels without this.
+    """
+    position = len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            return f"truncated inside its {kind!r} chunk"
+        if zlib.crc32(data[position + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return f"bad CRC in its {kind!r} chunk"
+        if kind == b"IEND":
+            return None
+        position = end
+    return "truncated: no IEND chunk at the end"
+
+
+def _decode_problem(data: bytes) -> str | None:
+    """Why ``data`` is not an image that decodes, or ``None``: decided by decoding it.
+
+    ``Image.verify()`` reads headers only and passes a truncated JPEG. A JPEG is decoded
+    at 1/8 scale (``draft``): libjpeg still reads the whole entropy-coded stream, so a
+    truncation is still found (tests/test_bad_images.py checks every third cut, and damaged
+    bytes, against a full decode); only the inverse DCT and the colour conversion get cheaper.
+    """
+    if not data:
+        return "empty file (0 bytes)"
+    if data.startswith(_PNG_SIGNATURE) and (damage := _png_damage(data)) is not None:
+        return damage
+    try:
+        with _truncated_images_refused(), Image.open(io.BytesIO(data)) as image:
+            image.draft(None, (1, 1))
+            image.load()
+            if 0 in image.size:
+                return "the image has no pixels"
+            image.crop((0, 0, 1, 1)).convert("RGB")  # a mode PIL cannot convert fails here, not later
+    # Any error while decoding a file says only that this file is bad: PIL's plugins raise
+    # OSError, SyntaxError, ValueError, EOFError, struct.error, DecompressionBombError...
+    except Exception as err:
+        return _reason(err)
+    return None
+
+
+def _reason(err: Exception) -> str:
+    """One line on why PIL failed (its "cannot identify" message names a BytesIO object)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image PIL can read"
+    return f"{type(err).__name__}: {err}"
+
+
+def _decode_rgb(data: bytes) -> Image.Image:
+    """The full-size RGB image, refusing truncated data whatever PIL's global flag says."""
+    with _truncated_images_refused(), Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
 class _Labelled(Dataset):
     """Shared indexing: items are ``(image, label)``; ``label`` is -1 when unknown."""
 
@@ -46,17 +131,36 @@ class _Labelled(Dataset):
     labels: list[int]
     classes: list[str]
     skipped: list[str]
+    skip_reasons: dict[str, str]
     transform: Callable[[Image.Image], Any] | None
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _open(self, index: int) -> Image.Image:
+    def _read(self, index: int) -> bytes:
         raise NotImplementedError
 
+    def _where(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _rgb(self, index: int) -> Image.Image:
+        """Image ``index`` decoded; a clear error naming it if it no longer decodes."""
+        where = self._where(index)  # an index out of range raises IndexError here, unwrapped
+        try:
+            return _decode_rgb(self._read(index))
+        except Exception as err:  # any failure: the file changed since the scan decoded it
+            raise UnreadableImageError(
+                f"image {index} ({where}) no longer decodes: {_reason(err)}. It decoded when "
+                "the dataset was built, so it changed since; build the dataset again"
+            ) from None
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self._open(index).convert("RGB")
+        image = self._rgb(index)
         return (self.transform(image) if self.transform else image), self.labels[index]
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped.append(name)
+        self.skip_reasons[name] = reason
 
     def _index_labels(self, label_names: list[str | None]) -> None:
         self.classes = sorted({name for name in label_names if name is not None})
@@ -64,16 +168,38 @@ class _Labelled(Dataset):
         self.labels = [lookup[name] if name is not None else -1 for name in label_names]
 
 
+def _read_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be read and decoded, or ``None``."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # unreadable (permissions), a dangling link, gone since the listing
+        return f"cannot be read: {err.strerror or err}"
+    return _decode_problem(data)
+
+
+def _is_candidate(path: Path) -> bool:
+    """A file with an image suffix; a dangling link counts too, so that it is reported."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 class ImageFiles(_Labelled):
-    """Every readable image under ``root``, in sorted path order.
+    """Every image under ``root`` that decodes, in sorted path order.
 
     An ImageFolder layout (``root/<class>/<file>``) gives labels; a flat folder gives
-    label -1. Files that PIL cannot read are skipped; :attr:`skipped` lists them.
+    label -1. Each file is decoded once when the dataset is built (JPEGs at 1/8 scale,
+    which still reads all their data), so every index decodes later. A file that does not
+    (truncated, corrupt, empty, not an image, unreadable) is skipped: :attr:`skipped`
+    lists the skipped names and :attr:`skip_reasons` says why, by name. Truncated files are
+    refused even when PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set (the flag is left
+    as it was). A file that changes after that raises :class:`UnreadableImageError`,
+    naming it, when its item is read.
 
     Args:
         root: the folder.
         transform: applied to each RGB PIL image.
-        limit: keep only the first ``limit`` readable images.
+        limit: keep only the first ``limit`` images that decode.
 
     Example:
         >>> images = ImageFiles("photos/", transform=default_transform())  # doctest: +SKIP
@@ -92,26 +218,31 @@ class ImageFiles(_Labelled):
         if not self.root.is_dir():
             raise ValueError(f"data folder {str(self.root)!r} does not exist or is not a folder")
         self.transform = transform
-        self.names, self.skipped = [], []
-        paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in paths:
+        self.names, self.skipped, self.skip_reasons = [], [], {}
+        for path in sorted(p for p in self.root.rglob("*") if _is_candidate(p)):
             if limit is not None and len(self.names) >= limit:
                 break
-            try:
-                with Image.open(path) as image:
-                    image.verify()
-            except _BAD_IMAGE:
-                self.skipped.append(str(path.relative_to(self.root)))
-                continue
-            self.names.append(str(path.relative_to(self.root)))
+            name = str(path.relative_to(self.root))
+            problem = _read_problem(path)
+            if problem is None:
+                self.names.append(name)
+            else:
+                self._skip(name, problem)
         self._index_labels([_label_of(Path(name)) for name in self.names])
 
-    def _open(self, index: int) -> Image.Image:
-        return Image.open(self.root / self.names[index])
+    def _read(self, index: int) -> bytes:
+        return (self.root / self.names[index]).read_bytes()
+
+    def _where(self, index: int) -> str:
+        return str(self.root / self.names[index])
 
 
 class ZipImages(_Labelled):
-    """Every readable image in a zip archive (e.g. CIFAR-10's ``test.zip``), sorted by name.
+    """Every image in a zip archive that decodes (e.g. CIFAR-10's ``test.zip``), sorted by name.
+
+    Each member is read (its CRC checked by :mod:`zipfile`) and decoded when the dataset
+    is built; one that fails is skipped, as in :class:`ImageFiles`: :attr:`skipped` and
+    :attr:`skip_reasons` name it.
 
     Args:
         path: the archive.
@@ -120,6 +251,9 @@ class ZipImages(_Labelled):
         prefix: only members under this folder of the archive.
         interleave: order members round-robin over their folders (classes), so that a
             ``limit`` keeps every class: ``a/0, b/0, ..., a/1, b/1, ...``.
+
+    Raises:
+        ValueError: ``path`` is not a file, or not a zip archive.
     """
 
     def __init__(
@@ -136,7 +270,13 @@ class ZipImages(_Labelled):
         if not self.path.is_file():
             raise ValueError(f"archive {str(self.path)!r} does not exist")
         self.transform = transform
-        with zipfile.ZipFile(self.path) as archive:
+        self.names, self.skipped, self.skip_reasons = [], [], {}
+        self._bytes: list[bytes] = []
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"archive {str(self.path)!r} is not a readable zip archive: {err}") from None
+        with archive:
             members = sorted(
                 n for n in archive.namelist() if n.startswith(prefix) and n.lower().endswith(IMAGE_SUFFIXES)
             )
@@ -148,24 +288,25 @@ class ZipImages(_Labelled):
                     rank[folder] = rank.get(folder, -1) + 1
                     keyed.append((rank[folder], folder, name))
                 members = [name for _, _, name in sorted(keyed)]
-            if limit is not None:
-                members = members[:limit]
-            self._bytes = [archive.read(n) for n in members]
-        self.names, self.skipped, keep = [], [], []
-        for name, data in zip(members, self._bytes, strict=True):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    image.verify()
-            except _BAD_IMAGE:
-                self.skipped.append(name)
-                continue
-            self.names.append(name)
-            keep.append(data)
-        self._bytes = keep
+            for name in members[:limit]:
+                try:
+                    data = archive.read(name)
+                except Exception as err:  # a bad CRC, an unknown compression, encryption...
+                    self._skip(name, f"cannot be read from the archive: {type(err).__name__}: {err}")
+                    continue
+                problem = _decode_problem(data)
+                if problem is None:
+                    self.names.append(name)
+                    self._bytes.append(data)
+                else:
+                    self._skip(name, problem)
         self._index_labels([_label_of(Path(name)) for name in self.names])
 
-    def _open(self, index: int) -> Image.Image:
-        return Image.open(io.BytesIO(self._bytes[index]))
+    def _read(self, index: int) -> bytes:
+        return self._bytes[index]
+
+    def _where(self, index: int) -> str:
+        return f"{self.names[index]!r} in {str(self.path)!r}"
 
 
 def find_cifar10() -> Path | None:
@@ -223,5 +364,5 @@ def load_cifar10(
             "without them, captum_deconvviz.zoo.default_sample() has 1,000 test images"
         )
     dataset = ZipImages(folder / f"{split}.zip", limit=limit, interleave=True)
-    images = np.stack([np.asarray(dataset._open(i).convert("RGB")) for i in range(len(dataset))])
+    images = np.stack([np.asarray(dataset._rgb(i)) for i in range(len(dataset))])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(dataset.labels), dataset.classes
