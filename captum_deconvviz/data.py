@@ -30,7 +30,19 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class UnreadableImageError(OSError):
-    """An image that decoded when its dataset was built no longer does (changed on disk since)."""
+    """An image that decoded when its dataset was built no longer does (changed on disk since).
+
+    Args:
+        message: what happened, naming the image and its index.
+        filename: the file (for a zip member, the archive), as on every ``OSError`` about a file.
+    """
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.filename = filename
+
+    def __str__(self) -> str:  # OSError's own would print "[Errno None] None: 'filename'"
+        return str(self.args[0]) if self.args else ""
 
 
 def _check_limit(limit: int | None) -> None:
@@ -143,16 +155,20 @@ class _Labelled(Dataset):
     def _where(self, index: int) -> str:
         raise NotImplementedError
 
+    def _file(self, index: int) -> str:
+        raise NotImplementedError
+
     def _rgb(self, index: int) -> Image.Image:
         """Image ``index`` decoded; a clear error naming it if it no longer decodes."""
         where = self._where(index)  # an index out of range raises IndexError here, unwrapped
         try:
             return _decode_rgb(self._read(index))
         except Exception as err:  # any failure: the file changed since the scan decoded it
-            raise UnreadableImageError(
+            message = (
                 f"image {index} ({where}) no longer decodes: {_reason(err)}. It decoded when "
                 "the dataset was built, so it changed since; build the dataset again"
-            ) from None
+            )
+            raise UnreadableImageError(message, self._file(index)) from None
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self._rgb(index)
@@ -236,6 +252,9 @@ class ImageFiles(_Labelled):
     def _where(self, index: int) -> str:
         return str(self.root / self.names[index])
 
+    def _file(self, index: int) -> str:
+        return self._where(index)
+
 
 class ZipImages(_Labelled):
     """Every image in a zip archive that decodes (e.g. CIFAR-10's ``test.zip``), sorted by name.
@@ -307,6 +326,9 @@ class ZipImages(_Labelled):
 
     def _where(self, index: int) -> str:
         return f"{self.names[index]!r} in {str(self.path)!r}"
+
+    def _file(self, index: int) -> str:
+        return str(self.path)
 
 
 def find_cifar10() -> Path | None:

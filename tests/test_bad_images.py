@@ -262,7 +262,7 @@ def test_a_file_that_goes_bad_after_the_scan_raises_a_clear_error(
     with pytest.raises(UnreadableImageError, match=expected) as caught:
         images[1]
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no PIL traceback under it
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and caught.value.filename == str(target)  # an OSError about this file
     assert ImageFile.LOAD_TRUNCATED_IMAGES is allowed
     with pytest.raises(IndexError):  # a bad index stays a bad index
         images[2]
