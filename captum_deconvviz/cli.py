@@ -1,120 +1,73 @@
-"""The ``deconvviz`` command: demo, mine, report, rf, compare (see docs/cli.md)."""
+"""The ``deconvviz`` command: demo, mine, report, rf, compare (see docs/cli.md).
+
+Errors and exit codes. Every argument is checked before any work (``_cli_checks``): a wrong
+one, or an error the package raises for bad input while the command runs, is printed as one
+line, ``deconvviz CMD: error: MESSAGE``, and the exit status is 2. Bad input means these
+exception types, and only these:
+
+* ``ValueError`` (with the package's own ``CommandLineError``, ``ModelLoadError``,
+  ``ReceptiveFieldError``) and ``TypeError``: the package's argument checks raise them;
+* ``FileNotFoundError``, ``FileExistsError``, ``PermissionError``, ``IsADirectoryError``,
+  ``NotADirectoryError``, and any other ``OSError`` that names a file or says the disk is
+  full or read-only: the user's paths and disks;
+* running out of memory (``MemoryError``, ``torch.OutOfMemoryError``): the line suggests a
+  smaller ``--batch-size``.
+
+Anything else (``RuntimeError``, ``KeyError``, ``AssertionError``, ...) is a bug, ours or in
+the user's model code, and keeps its traceback. With ``DECONVVIZ_DEBUG=1`` in the
+environment, bad input shows its traceback too. Ctrl-C exits with status 130 and one line
+saying what was kept (a checkpoint to resume from, if any). argparse's own errors (an
+unknown option, a value that is not a number) are one line as well, with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+import errno
+import os
+import pickle
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import __version__, _distributed
-from .data import ImageFiles, ZipImages
-from .model_loading import ModelLoadError, load_model
-from .receptive_field import ReceptiveFieldError, receptive_field, receptive_field_table
+from ._cli_checks import (
+    NORMALIZE_PRESETS,
+    CommandLineError,
+    Normalization,
+    check_arguments,
+    check_model_fits,
+    check_result_data,
+    check_result_model,
+    image_size,
+    normalization,
+    remove_empty,
+)
+from .data import ImageFiles
+from .model_loading import load_model
+from .receptive_field import receptive_field, receptive_field_table
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: ``--normalize`` presets: per-channel (mean, std) of images scaled to [0, 1]. "cifar10" is
-#: captum_deconvviz.zoo.CIFAR10_MEAN/STD (tests/test_cli_normalize.py keeps the two equal).
-NORMALIZE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
+__all__ = ["NORMALIZE_PRESETS", "Normalization", "build_parser", "main"]
 
-
-@dataclass(frozen=True)
-class Normalization:
-    """How the command normalizes images: ``(image - mean) / std`` per RGB channel, images in [0, 1].
-
-    Attributes:
-        preset: ``"cifar10"``, ``"imagenet"``, ``"none"``, or ``"custom"`` when ``--mean`` or
-            ``--std`` overrode the preset's values.
-        mean: three per-channel means.
-        std: three per-channel standard deviations.
-    """
-
-    preset: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_meta(self) -> dict[str, Any]:
-        """Plain values for ``MiningResult.meta["normalization"]`` (saved with the result).
-
-        Returns:
-            ``{"preset": str, "mean": [3 floats], "std": [3 floats]}``.
-
-        Example:
-            >>> Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).to_meta()["preset"]
-            'none'
-        """
-        return {"preset": self.preset, "mean": list(self.mean), "std": list(self.std)}
-
-
-def _channel_values(option: str, values: Sequence[str], low: float, high: float) -> tuple[float, float, float]:
-    """Three numbers from ``--mean``/``--std`` (spaces or commas), each in ``(low, high]`` or ``[low, high]``."""
-    tokens = " ".join(values).replace(",", " ").split()
-    if len(tokens) != 3:
-        raise ValueError(f"{option} needs 3 numbers, one per RGB channel, got {len(tokens)}: {' '.join(tokens)!r}")
-    try:
-        numbers = tuple(float(token) for token in tokens)
-    except ValueError:
-        raise ValueError(f"{option} needs 3 numbers, one per RGB channel, got {' '.join(tokens)!r}") from None
-    strict = option == "--std"  # a std of 0 would divide by zero
-    for number in numbers:
-        if not math.isfinite(number) or number > high or (number <= low if strict else number < low):
-            bound = f"in ({low:g}, {high:g}]" if strict else f"in [{low:g}, {high:g}]"
-            raise ValueError(
-                f"{option} values must be {bound} for images scaled to [0, 1] (e.g. ImageNet's "
-                f"{' '.join(map(str, NORMALIZE_PRESETS['imagenet'][option == '--std']))}), got {number:g}"
-            )
-    return numbers  # type: ignore[return-value]
-
-
-def _normalization(args: argparse.Namespace) -> Normalization:
-    """The command's normalization: ``--normalize`` (default by model) overridden by ``--mean``/``--std``."""
-    preset = getattr(args, "normalize", None) or ("cifar10" if args.model == "default" else "imagenet")
-    mean, std = NORMALIZE_PRESETS[preset]
-    custom_mean, custom_std = getattr(args, "mean", None), getattr(args, "std", None)
-    if custom_mean is not None:
-        mean = _channel_values("--mean", custom_mean, 0.0, 1.0)
-    if custom_std is not None:
-        std = _channel_values("--std", custom_std, 0.0, 1.0)
-    custom = custom_mean is not None or custom_std is not None
-    return Normalization("custom" if custom else preset, tuple(mean), tuple(std))  # type: ignore[arg-type]
-
-
-def _check_arguments(args: argparse.Namespace) -> None:
-    """Every number a command was given, checked before any model, image or file is read."""
-    numbers = (
-        ("k", 1),
-        ("batch_size", 1),
-        ("limit", 1),
-        ("image_size", 1),
-        ("workers", 0),
-        ("images", 1),
-        ("channel", 0),
-    )
-    for option, least in numbers:
-        value = getattr(args, option, None)
-        if value is not None and value < least:
-            raise ValueError(f"--{option.replace('_', '-')} must be >= {least}, got {value}")
-    target = getattr(args, "target", None)
-    if target is not None and target != "predicted" and not (target.isdigit()):
-        raise ValueError(f"--target must be a class index (an int >= 0) or 'predicted', got {target!r}")
-    size = getattr(args, "input_size", None)
-    if size is not None and (len(size) < 2 or min(size) < 1):
-        raise ValueError(f"--input-size needs C H W (each >= 1), got {' '.join(map(str, size))}")
-    if getattr(args, "channel", None) is not None and not getattr(args, "layer", None):
-        raise ValueError("--channel needs --layer: it picks one channel of that layer")
-    if hasattr(args, "normalize"):  # mine, report, compare
-        args.normalization = _normalization(args)
+#: Exceptions that mean bad input (see the module docstring); any other exception is a bug.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    MemoryError,
+    torch.OutOfMemoryError,
+)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -173,7 +126,7 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     from .zoo import default_sample
 
     norm: Normalization = args.normalization
-    size = args.image_size or (32 if args.model == "default" else 224)
+    size = image_size(args)
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
 
     def transform(image: Any) -> Tensor:
@@ -185,15 +138,18 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     def display(image: Tensor) -> Tensor:
         return (image * std.to(image) + mean.to(image)).clamp(0, 1)
 
-    images: ImageFiles | ZipImages
+    images: Any
     if args.data == "default-sample":
         images, name = default_sample(transform), "default sample (1,000 CIFAR-10 test images)"
     else:
         images, name = ImageFiles(args.data, transform=transform), str(args.data)
-        if images.skipped:
-            print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}", file=sys.stderr)
-        if len(images) == 0:
-            raise ValueError(f"no readable images in {args.data!r}")
+        skipped = (
+            f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}" if images.skipped else ""
+        )
+        if len(images) == 0:  # one line: the skipped count goes into the error
+            raise CommandLineError(f"--data {args.data} has no readable images" + f" ({skipped})" * bool(skipped))
+        if skipped:
+            print(skipped, file=sys.stderr)
     dataset: Dataset[Any] = images
     names = images.names
     if args.limit is not None:
@@ -235,8 +191,9 @@ def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list
 def _cmd_mine(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = _model(args)
-    dataset, _, _, name = _data(args)
     layers = _default_layers(args, model)
+    check_model_fits(model, args, layers)
+    dataset, _, _, name = _data(args)
     result = _mine(args, model, dataset, layers)
 
     if not _distributed.is_main():
@@ -249,23 +206,43 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> int:
+def _load_result(path: str) -> Any:
     from .mining_result import MiningResult
+
+    try:
+        return MiningResult.load(path)
+    except ValueError as err:  # the reader's own checks: say which option gave the file
+        raise CommandLineError(f"--result: {' '.join(str(err).split())}") from None
+    except (RuntimeError, EOFError, KeyError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        # Whatever the reader trips on, the cause is the file the user named.
+        reason = " ".join(str(err).split())[:200]
+        raise CommandLineError(
+            f"--result {path} is not a result written by 'deconvviz mine' ({type(err).__name__}: {reason})"
+        ) from None
+
+
+def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> int:
     from .report import write_report
 
     start = time.perf_counter()
     used = args.normalization.to_meta()
-    loaded = MiningResult.load(args.result) if getattr(args, "result", None) else None
+    loaded = _load_result(args.result) if getattr(args, "result", None) else None
     recorded = loaded.meta.get("normalization") if loaded is not None else None
     # Older results record none: nothing to check. The numbers matter, not the preset's name.
     if recorded is not None and [recorded["mean"], recorded["std"]] != [used["mean"], used["std"]]:
-        raise ValueError(
+        raise CommandLineError(
             f"--result {args.result} was mined with normalization {_describe(recorded)}, but this report would "
             f"use {_describe(used)}: give the same --normalize/--mean/--std as 'deconvviz mine'"
         )
     model = _model(args)
+    if loaded is not None:
+        check_result_model(loaded, model, args)
+    layers = list(loaded.layers) if loaded is not None else _default_layers(args, model)
+    check_model_fits(model, args, layers)
     dataset, display, labels, name = _data(args)
-    result = loaded if loaded is not None else _mine(args, model, dataset, _default_layers(args, model))
+    if loaded is not None:
+        check_result_data(loaded, dataset, args)
+    result = loaded if loaded is not None else _mine(args, model, dataset, layers)
     result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose
 
@@ -292,8 +269,8 @@ def _describe(normalization: dict[str, Any]) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     args.model, args.weights, args.arch, args.trust_code = "default", None, None, False
     args.data, args.layers, args.unique, args.image_size = "default-sample", None, "image", None
-    args.workers = 0
-    args.normalization = _normalization(args)
+    args.workers, args.result = 0, None
+    args.normalization = normalization(args)
     return _cmd_report(args, title="deconvviz demo: the default ZF-style CIFAR-10 model")
 
 
@@ -302,6 +279,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .viz import plot_comparison
 
     model = _model(args)
+    check_model_fits(model, args, None)
     dataset, display, names, _ = _data(args)
     count = min(args.images, len(dataset))
     images = torch.stack([dataset[i][0] for i in range(count)])
@@ -333,9 +311,16 @@ def _cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, pointing to ``--help``, instead of the usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``deconvviz``, with one subparser per subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deconvviz",
         description="Zeiler & Fergus DeconvNet visualizations for PyTorch models, on top of Captum.",
     )
@@ -394,18 +379,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``deconvviz`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    """Run ``deconvviz`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Args:
+        argv: the arguments after the program name.
+
+    Returns:
+        0 on success, 2 for bad input (one line on stderr), 130 after Ctrl-C. argparse's own
+        errors raise ``SystemExit(2)`` after their one line.
+
+    Example:
+        >>> main(["rf", "--model", "default", "--input-size", "3", "32", "32"])  # doctest: +SKIP
+        0
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand, whose options they were meant to be
+        prog = f"deconvviz {args.command}" if args.command else "deconvviz"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')\n")
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
+    created: list[Path] = []
     try:
-        _check_arguments(args)
+        created = check_arguments(args)
         return int(args.run(args) or 0)
-    except (ModelLoadError, ReceptiveFieldError, ValueError, TypeError, FileNotFoundError) as err:
-        print(f"deconvviz {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        remove_empty(created)
+        print(f"deconvviz {args.command}: interrupted; {_what_was_kept(args)}", file=sys.stderr)
+        return 130
+    except BaseException as err:
+        remove_empty(created)  # the output folders the checks made, unless something was written there
+        if not _is_bad_input(err) or os.environ.get("DECONVVIZ_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"deconvviz {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _is_bad_input(err: BaseException) -> bool:
+    if isinstance(err, USER_ERRORS):
+        return True
+    return isinstance(err, OSError) and (
+        err.filename is not None or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return f"out of memory ({message}); try a smaller --batch-size (or --image-size, --k)"
+    return message
+
+
+def _what_was_kept(args: argparse.Namespace) -> str:
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None:
+        path = Path(checkpoint)  # under torchrun each rank has its own file next to it
+        if path.is_file() or any(path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}")):
+            return f"the checkpoint {checkpoint} keeps the progress of its last save: run the same command to resume"
+    if args.command == "mine":
+        return "nothing was saved (with --checkpoint FILE an interrupted run resumes where it stopped)"
+    if args.command in ("report", "demo") and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        return f"the report in {args.out} is incomplete"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -10,11 +10,17 @@ Specifications:
   ``torch.load(..., weights_only=True)``), or, only with ``trust_code=True``, a
   TorchScript archive or a pickled model. Those two are code: loading them runs
   whatever their author put in them, so they are refused unless asked for.
+
+:func:`check_model_spec` checks a specification without loading anything (the CLI runs it
+with its other argument checks, before any work); :func:`load_model` runs it first too.
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +28,143 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["ModelLoadError", "load_model"]
+__all__ = ["ModelLoadError", "check_model_spec", "load_model"]
+
+#: Suffixes that make a spec a file even before it exists (so a typo says "does not exist").
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".bin")
 
 
 class ModelLoadError(ValueError):
     """The model specification cannot be turned into a model."""
 
 
-def _torchvision(name: str, weights: str | None) -> nn.Module:
+def _is_file_spec(spec: str) -> bool:
+    return Path(spec).suffix in MODEL_FILE_SUFFIXES or Path(spec).exists()
+
+
+def _looks_like_path(value: str) -> bool:
+    """A ``--weights`` value that names a file rather than torchvision weights (``DEFAULT``, ``IMAGENET1K_V1``)."""
+    return Path(value).suffix in (*MODEL_FILE_SUFFIXES, ".safetensors") or "/" in value or "\\" in value
+
+
+def _file_kind(path: Path) -> str:
+    """What a model file holds, told from its first bytes and zip listing alone: nothing in it is run.
+
+    Returns ``"torchscript"``, ``"torch.save"`` (a state_dict or a pickled model, zip or the
+    pre-1.6 bare pickle) or ``"other"``.
+    """
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as file:
+            return "torch.save" if file.read(1) == b"\x80" else "other"  # a pickle's first byte
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return "torchscript" if any("/code/" in name or name.endswith("/constants.pkl") for name in names) else "torch.save"
+
+
+def check_model_spec(spec: str, weights: str | None = None, arch: str | None = None, trust_code: bool = False) -> None:
+    """Check a model specification without loading or importing anything.
+
+    Files must exist and be files, torchvision names must exist, options must apply to the
+    kind of spec given, and a file without ``arch`` needs ``trust_code``. What only loading
+    can tell (a factory that fails, weights that do not fit) is left to :func:`load_model`.
+
+    Args:
+        spec: as :func:`load_model` takes it.
+        weights: as :func:`load_model` takes it.
+        arch: as :func:`load_model` takes it.
+        trust_code: as :func:`load_model` takes it.
+
+    Raises:
+        ModelLoadError: the first thing wrong, naming the option (``--model``, ``--weights``,
+            ``--arch``, ``--trust-code``) and what was expected.
+
+    Example:
+        >>> check_model_spec("torchvision:alexnet")
+        >>> check_model_spec("default", weights="DEFAULT")
+        Traceback (most recent call last):
+        ...
+        captum_deconvviz.model_loading.ModelLoadError: --weights does not apply to the default model
+    """
+    _check_spec(spec, weights, arch, trust_code, "--model")
+
+
+def _check_spec(spec: str, weights: str | None, arch: str | None, trust_code: bool, option: str) -> None:
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"{option} must be a non-empty model spec, got {spec!r}")
+    is_file = spec != "default" and _is_file_spec(spec)
+    if arch is not None and not is_file:
+        raise ModelLoadError(f"--arch applies to a state_dict file given as --model, not to --model {spec}")
+    if spec == "default":
+        if weights is not None:
+            raise ModelLoadError("--weights does not apply to the default model")
+    elif is_file:
+        _check_file_spec(Path(spec), weights, arch, trust_code)
+    elif spec.startswith("torchvision:"):
+        _check_torchvision(spec.split(":", 1)[1], weights, option)
+    elif ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr.isidentifier():
+            raise ModelLoadError(f"{option} {spec!r} is not 'module.path:factory' (a module and a function name)")
+        if weights is not None:
+            raise ModelLoadError("--weights applies to torchvision models; for a factory, load weights inside it")
+    else:
+        raise ModelLoadError(
+            f"{option} {spec!r}: cannot read model spec; use 'default', 'torchvision:NAME', 'module.path:factory' "
+            "or a file path"
+        )
+
+
+def _check_file_spec(path: Path, weights: str | None, arch: str | None, trust_code: bool) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"--model file {path} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(
+            f"--model {path} is a folder; give a model file (.pt/.pth), 'default', 'torchvision:NAME' or "
+            "'module.path:factory'"
+        )
+    if weights is not None:
+        raise ModelLoadError(f"--weights does not apply to --model {path}: the file holds its own weights")
+    if arch is not None:
+        if _is_file_spec(arch):
+            raise ModelLoadError(f"--arch must name an architecture ('torchvision:NAME', ...), not a file: {arch!r}")
+        _check_spec(arch, None, None, False, "--arch")
+        return
+    if trust_code:
+        return
+    kind = _file_kind(path)
+    if kind == "torchscript":
+        raise ModelLoadError(
+            f"--model {path} is a TorchScript archive: those are code and run on loading; pass --trust-code "
+            "only for files you trust"
+        )
+    if kind == "torch.save":
+        raise ModelLoadError(
+            f"--model {path} is a torch.save file: pass --arch SPEC to load it as a state_dict into that "
+            "architecture, or, for a pickled model (code that runs on loading), --trust-code if you trust the file"
+        )
+    raise ModelLoadError(f"--model {path} is not a model file (neither a torch.save file nor a TorchScript archive)")
+
+
+def _check_torchvision(name: str, weights: str | None, option: str) -> None:
     available = torchvision.models.list_models()
     if name not in available:
-        raise ModelLoadError(f"torchvision has no model {name!r}; known: {', '.join(sorted(available)[:12])}, ...")
+        raise ModelLoadError(
+            f"{option} torchvision:{name}: torchvision has no model {name!r}; known: "
+            f"{', '.join(sorted(available)[:12])}, ..."
+        )
+    if weights is not None and _looks_like_path(weights):
+        if not Path(weights).exists():
+            raise ModelLoadError(f"--weights file {weights!r} does not exist")
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"--weights {weights} is a folder; give a state_dict file (.pt/.pth)")
+
+
+def _torchvision(name: str, weights: str | None) -> nn.Module:
     if weights is None or Path(weights).is_file():
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None)
         if weights is not None:
-            _load_state_dict(model, Path(weights))
+            _load_state_dict(model, Path(weights), "--weights")
         return model
     try:
         return torchvision.models.get_model(name, weights=weights)
@@ -56,32 +183,32 @@ def _factory(spec: str) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ModelLoadError(f"cannot import {module_name!r} for model {spec!r}: {err}") from None
+        raise ModelLoadError(f"--model {spec}: cannot import {module_name!r}: {err}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelLoadError(f"{module_name!r} has no callable {attr!r}")
+        raise ModelLoadError(f"--model {spec}: {module_name!r} has no callable {attr!r}")
     model = factory()
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{spec}() returned a {type(model).__name__}, not an nn.Module")
+        raise ModelLoadError(f"--model {spec}: {attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
-def _load_state_dict(model: nn.Module, path: Path) -> None:
+def _load_state_dict(model: nn.Module, path: Path, option: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ModelLoadError(
-            f"{path} is not a state_dict that loads with weights_only=True ({type(err).__name__}: {err}). "
+            f"{option} {path} is not a state_dict that loads with weights_only=True ({type(err).__name__}: {err}). "
             "TorchScript archives and pickled models need --trust-code (see docs/cli.md)."
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state_dict")
+        raise ModelLoadError(f"{option} {path} holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ModelLoadError(f"the weights in {path} do not fit the architecture: {err}") from None
+        raise ModelLoadError(f"the weights in {option} {path} do not fit the architecture: {err}") from None
 
 
 def load_model(spec: str, weights: str | None = None, arch: str | None = None, trust_code: bool = False) -> nn.Module:
@@ -98,50 +225,48 @@ def load_model(spec: str, weights: str | None = None, arch: str | None = None, t
     Returns:
         The model, in eval mode.
 
+    Raises:
+        ModelLoadError: the spec is wrong (see :func:`check_model_spec`, run first), or
+            the file, factory or weights it names cannot give a model.
+
     Example:
         >>> load_model("torchvision:alexnet").training
         False
     """
-    if not isinstance(spec, str) or not spec:
-        raise ModelLoadError(f"model must be a non-empty string, got {spec!r}")
+    check_model_spec(spec, weights, arch, trust_code)
     if spec == "default":
         from .zoo import load_default_model
 
-        if weights is not None:
-            raise ModelLoadError("--weights does not apply to the default model")
         return load_default_model()
-    path = Path(spec)
-    if path.suffix in (".pt", ".pth", ".ts", ".bin") or path.is_file():
-        if not path.is_file():
-            raise ModelLoadError(f"model file {spec!r} does not exist")
-        return _from_file(path, arch, trust_code).eval()
+    if _is_file_spec(spec):
+        return _from_file(Path(spec), arch).eval()
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], weights).eval()
-    if ":" in spec:
-        if weights is not None:
-            raise ModelLoadError("--weights applies to torchvision models; for a factory, load weights inside it")
-        return _factory(spec).eval()
-    raise ModelLoadError(
-        f"cannot read model spec {spec!r}: use 'default', 'torchvision:NAME', 'module.path:factory' or a file path"
-    )
+    return _factory(spec).eval()
 
 
-def _from_file(path: Path, arch: str | None, trust_code: bool) -> nn.Module:
+def _from_file(path: Path, arch: str | None) -> nn.Module:
+    """A state_dict into ``arch``, else (``trust_code`` was checked) a TorchScript archive or a pickled model."""
     if arch is not None:
         model = load_model(arch)
-        _load_state_dict(model, path)
+        _load_state_dict(model, path, "--model")
         return model
-    if not trust_code:
-        raise ModelLoadError(
-            f"{path}: pass --arch to load it as a state_dict into that architecture. If it is a TorchScript "
-            "archive or a pickled model, those are code and run on loading: pass --trust-code only for files "
-            "you trust."
-        )
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit; nothing the user can act on
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:
-        pass
-    loaded: Any = torch.load(path, map_location="cpu", weights_only=False)
+        pass  # not TorchScript: a pickled model, or not a model at all
+    # A file the user chose to trust can still be broken: any of these is the file's fault, not ours.
+    broken = (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ImportError, zipfile.BadZipFile)
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=False)
+    except broken as err:
+        reason = " ".join(str(err).split())[:300]
+        raise ModelLoadError(
+            f"--model {path} cannot be loaded as a TorchScript archive or a pickled model "
+            f"({type(err).__name__}: {reason})"
+        ) from None
     if not isinstance(loaded, nn.Module):
         raise ModelLoadError(f"{path} holds a {type(loaded).__name__}; pass --arch to load a state_dict")
     return loaded
