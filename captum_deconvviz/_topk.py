@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["FoldRule", "TopKState", "exact_sum_add", "exact_sum_value", "nms_kernel"]
@@ -216,7 +215,7 @@ class TopKState:
         if rule.unique == "none":
             return all_candidates(acts, index, self.k)
         assert rule.kernel is not None, "unique='nms' needs the layer's NMS kernel"
-        return nms_candidates(acts, index, self.k, rule.kernel)
+        return nms_candidates(acts, index, rule.kernel, self.values, best)
 
     def merge_candidates(self, values: Tensor, key: Tensor) -> None:
         """Keep the best k of the current records and ``values``/``key`` ``[C, M]``."""
@@ -340,27 +339,93 @@ def nms_kernel(size: tuple[int, ...], stride: tuple[int, ...], threshold: float)
     return (iou > threshold).float()
 
 
-def nms_candidates(acts: Tensor, index: Tensor, k: int, kernel: Tensor) -> tuple[Tensor, Tensor]:
-    """Greedy non-maximum suppression per image and channel, up to k survivors each.
+def nms_candidates(
+    acts: Tensor, index: Tensor, kernel: Tensor, current: Tensor, best: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """Greedy non-maximum suppression per image and channel: the survivors that can enter.
 
-    Greedy NMS never lets images interact, so the k best survivors of every image,
-    merged by key, are exactly the greedy top-k of the whole stream.
+    Greedy NMS never lets images interact, so the greedy survivors of every image, merged
+    by key, are exactly the greedy top-k of the whole stream. Only survivors that can still
+    enter the channel's top-k are computed:
+
+    - every image's maximum is its first survivor, so the k-th largest of the current
+      records and the batch's image maxima bounds the channel's k-th record after this
+      batch from below; a survivor below that ``floor`` cannot enter, and images whose
+      maximum is below it need no NMS at all;
+    - within an image, greedy picks come in descending order, so dropping the positions
+      below the floor changes none of the picks above it.
+
+    The remaining (image, channel) maps are suppressed together, in at most k steps.
+
+    Args:
+        acts: ``[B, C, H, W]`` activations (NaN-free: NaN replaced by -inf).
+        index: ``[B]`` their dataset indices.
+        kernel: the layer's overlap kernel (:func:`nms_kernel`), ``[2 ry + 1, 2 rx + 1]``.
+        current: ``[C, k]`` the channel's current record values (-inf in empty slots).
+        best: ``[B, C]`` each image's maximum per channel.
+
+    Returns:
+        ``(values, keys)`` ``[C, M]`` (-inf and -1 where a channel has fewer), or None if no
+        survivor can enter.
     """
-    b, c, h, w = acts.shape
-    maps = acts.reshape(b * c, 1, h, w).clone()
-    kernel = kernel.to(acts.device, acts.dtype).view(1, 1, *kernel.shape)
-    pad = (kernel.shape[-2] // 2, kernel.shape[-1] // 2)
-    values, positions = [], []
-    for _ in range(min(k, h * w)):
-        best, position = maps.view(b * c, h * w).max(dim=1)
-        values.append(best)
-        positions.append(position)
-        picked = torch.zeros_like(maps).view(b * c, h * w)
-        picked.scatter_(1, position.view(-1, 1), 1.0)
-        suppressed = F.conv2d(picked.view(b * c, 1, h, w), kernel, padding=pad) > 0
-        maps = maps.masked_fill(suppressed, float("-inf"))
-    value = torch.stack(values, dim=1).view(b, c, -1)  # [B, C, picks]
-    position = torch.stack(positions, dim=1).view(b, c, -1)
-    image = index.view(b, 1, 1)
-    key = torch.where(value > float("-inf"), image * (h * w) + position, _NO_INDEX)
-    return value.permute(1, 0, 2).reshape(c, -1), key.permute(1, 0, 2).reshape(c, -1)
+    _, c, h, w = acts.shape
+    k = current.shape[1]
+    # Records are ranked in float32 (the state's dtype): compare there, so that no value that
+    # could tie with the floor after rounding is dropped.
+    image_best = best.t().float()
+    floor = torch.topk(torch.cat([current.float(), image_best], dim=1), k, dim=1).values[:, -1]  # [C]
+    contenders = (image_best >= floor.view(-1, 1)) & (image_best > float("-inf"))  # [C, B]
+    channel, image = contenders.nonzero(as_tuple=True)  # grouped by channel, images ascending
+    pairs = channel.numel()
+    if pairs == 0:
+        return None
+    maps = acts[image, channel].reshape(pairs, h * w)
+    maps = maps.masked_fill(maps.float() < floor[channel].view(-1, 1), float("-inf"))
+    reach = _row_reach(kernel, h).to(acts.device)  # [H]: |dx| suppressed at row distance |dy|
+    rows = torch.arange(h, device=acts.device)
+    cols = torch.arange(w, device=acts.device)
+    values = torch.full((pairs, min(k, h * w)), float("-inf"), dtype=acts.dtype, device=acts.device)
+    positions = torch.zeros(values.shape, dtype=torch.long, device=acts.device)
+    picks = values.shape[1]
+    live = torch.arange(pairs, device=acts.device)  # the pairs whose maps are not exhausted
+    for step in range(values.shape[1]):
+        top, position = maps.max(dim=1)  # ties: the first position, the lowest (y, x)
+        alive = top > float("-inf")
+        if not bool(alive.all()):  # most maps run out after a pick or two: drop them
+            keep = alive.nonzero().flatten()
+            if keep.numel() == 0:
+                picks = step
+                break
+            live, maps, top, position = live[keep], maps[keep], top[keep], position[keep]
+        values[live, step], positions[live, step] = top, position
+        y, x = position // w, position % w
+        row_reach = reach[(rows.view(1, -1) - y.view(-1, 1)).abs()]  # [P, H]
+        col_gap = (cols.view(1, -1) - x.view(-1, 1)).abs()  # [P, W]
+        suppressed = col_gap.view(-1, 1, w) <= row_reach.view(-1, h, 1)
+        maps.masked_fill_(suppressed.view(-1, h * w), float("-inf"))
+    values, positions = values[:, :picks], positions[:, :picks]
+    keys = torch.where(values > float("-inf"), index[image].view(-1, 1) * (h * w) + positions, _NO_INDEX)
+    # Pair p, the slot-th pair of its channel ch, fills columns slot * picks ... of row ch.
+    first = torch.searchsorted(channel, torch.arange(c, device=acts.device))
+    slot = torch.arange(pairs, device=acts.device) - first[channel]
+    width = int(slot.max()) + 1
+    columns = (slot.view(-1, 1) * picks + torch.arange(picks, device=acts.device)).flatten()
+    rows_of = channel.repeat_interleave(picks)
+    out_values = torch.full((c, width * picks), float("-inf"), dtype=acts.dtype, device=acts.device)
+    out_keys = torch.full((c, width * picks), _NO_INDEX, dtype=torch.long, device=acts.device)
+    out_values[rows_of, columns] = values.flatten()
+    out_keys[rows_of, columns] = keys.flatten()
+    return out_values, out_keys
+
+
+def _row_reach(kernel: Tensor, height: int) -> Tensor:
+    """``[height]``: the largest ``|dx|`` the kernel suppresses at row distance ``|dy|`` (-1: none).
+
+    :func:`nms_kernel`'s rows are symmetric runs of ones around the centre (overlap shrinks
+    with ``|dx|``), so a row is its half-width.
+    """
+    ry = kernel.shape[0] // 2
+    half = torch.div(kernel[ry:].sum(dim=1).long() - 1, 2, rounding_mode="floor")
+    reach = torch.full((height,), -1, dtype=torch.long)
+    reach[: min(height, ry + 1)] = half[:height]
+    return reach
