@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import sys
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import torch
@@ -17,7 +19,11 @@ from captum._utils.common import _run_forward, _select_targets
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
+from ._checks import show
+from ._guard import EvalMode, explain_shape_errors
+
 __all__ = [
+    "EvalMode",
     "check_model",
     "check_target",
     "format_inputs",
@@ -35,20 +41,6 @@ class StopForward(BaseException):
 
 
 _StopForward = StopForward  # the name other modules used before
-
-
-class EvalMode:
-    """Eval mode for the duration of a ``with`` block; every module's flag is restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.flags = model, [(m, m.training) for m in model.modules()]
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, flag in self.flags:
-            module.training = flag
 
 
 def example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> Tensor:
@@ -75,10 +67,62 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper holds, so that neither the engine nor the
-    analysis is traced by dynamo (its recompile limit would be hit at every new mode)."""
-    inner = getattr(model, "_orig_mod", None)
-    return inner if isinstance(inner, nn.Module) else model
+    """The model as it runs eagerly: every ``torch.compile`` wrapper replaced by the module it holds.
+
+    Neither the engine nor the analysis may be traced by dynamo (its recompile limit would be
+    hit at every new mode, and the mining hooks do not compile). A wrapped model is its
+    ``_orig_mod``; a model with compiled submodules (``model.features =
+    torch.compile(model.features)`` or ``module.compile()``) becomes a view whose modules on
+    the way to them are shallow copies (their own submodule and hook tables, the same
+    parameters and buffers) and whose other modules are the model's own. The user's model is
+    never changed, and layer names are those of the uncompiled model (``features.0``, not
+    ``features._orig_mod.0``).
+    """
+    return _eager_view(model, {})[0]
+
+
+def eager_compiled() -> AbstractContextManager[Any]:
+    """Run ``torch.compile``d code eagerly inside the block (functions, or a ``forward``
+    decorated with it, that no view can unwrap): our hooks and modes must run as Python,
+    never be traced. A process that never imported dynamo has nothing compiled, and is spared
+    the import."""
+    if "torch._dynamo" not in sys.modules:
+        return nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
+_VIEW_OF = "_deconvviz_view_of"  # a view's module -> the user's module it copies
+
+
+def _is_compile_wrapper(module: nn.Module) -> bool:
+    # Only a process that imported dynamo can hold a wrapper: never import it here (it is slow).
+    wrapper = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
+    return wrapper is not None and isinstance(module, wrapper)
+
+
+def _eager_view(module: nn.Module, memo: dict[int, tuple[nn.Module, bool]]) -> tuple[nn.Module, bool]:
+    """``(module or its eager view, whether it differs)``; ``memo`` keeps shared modules shared."""
+    if id(module) in memo:
+        return memo[id(module)]
+    inner = getattr(module, "_orig_mod", None)
+    if _is_compile_wrapper(module) and isinstance(inner, nn.Module):
+        memo[id(module)] = (_eager_view(inner, memo)[0], True)
+        return memo[id(module)]
+    children = {
+        name: _eager_view(child, memo) if child is not None else (None, False)
+        for name, child in module._modules.items()
+    }
+    if module.__dict__.get("_compiled_call_impl") is None and not any(changed for _, changed in children.values()):
+        memo[id(module)] = (module, False)
+        return memo[id(module)]
+    view = copy.copy(module)  # drops _compiled_call_impl (Module.__getstate__)
+    for key, value in vars(view).items():
+        if isinstance(value, (dict, set)):
+            view.__dict__[key] = type(value)(value)  # hooks registered on the view stay off the model
+    view.__dict__["_modules"] = {name: child for name, (child, _) in children.items()}
+    view.__dict__[_VIEW_OF] = weakref.ref(module)  # a weak reference: deep copies of the view copy no model
+    memo[id(module)] = (view, True)
+    return memo[id(module)]
 
 
 def split_layer_spec(spec: str) -> tuple[str, tuple[int | str, ...]]:
@@ -185,15 +229,18 @@ def resolve_layer(model: nn.Module, layer: Any, argname: str = "layer") -> tuple
     if isinstance(layer, str):
         modules = dict(model.named_modules())
         base, _picks = split_layer_spec(layer)
-        base = base.removeprefix("_orig_mod.")
+        base = ".".join(part for part in base.split(".") if part != "_orig_mod")  # names of the uncompiled model
         if base in modules:
             return base + layer[len(split_layer_spec(layer)[0]) :], modules[base]
         close = difflib.get_close_matches(base, [n for n in modules if n], n=5)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"{argname}={layer!r} is not a module of the model{hint}")
     if isinstance(layer, nn.Module):
+        while _is_compile_wrapper(layer) and isinstance(getattr(layer, "_orig_mod", None), nn.Module):
+            layer = layer._orig_mod
         for name, module in model.named_modules():
-            if module is layer:
+            copied = module.__dict__.get(_VIEW_OF)
+            if module is layer or (copied is not None and copied() is layer):
                 return name, module
         raise ValueError(
             f"{argname} is a {type(layer).__name__} that is not a submodule of the model; pass one of "
@@ -254,19 +301,26 @@ def check_target(output: Tensor, target: TargetType, argname: str = "target") ->
         selected = _select_targets(output, target)
     except (IndexError, AssertionError, RuntimeError, TypeError) as err:
         raise ValueError(
-            f"{argname}={target!r} does not fit the model output of shape {tuple(output.shape)}: {err}"
+            f"{argname}={show(target)} does not fit the model output of shape {tuple(output.shape)}: "
+            + " ".join(str(err).split())
         ) from None
     if selected.dim() > 1 and selected[0].numel() != 1:
         raise ValueError(
-            f"{argname}={target!r} selects {selected[0].numel()} values per example from output shape "
+            f"{argname}={show(target)} selects {selected[0].numel()} values per example from output shape "
             f"{tuple(output.shape)}; it must select one"
         )
     return selected.reshape(selected.shape[0]) if selected.dim() > 1 else selected
 
 
-def run_forward(model: nn.Module, inputs: tuple[Tensor, ...], additional_forward_args: Any = None) -> Any:
-    """Run the model as Captum does (inputs first, then the additional arguments)."""
-    return _run_forward(model, inputs, None, additional_forward_args)
+def run_forward(
+    model: nn.Module, inputs: tuple[Tensor, ...], additional_forward_args: Any = None, argname: str = "inputs"
+) -> Any:
+    """Run the model as Captum does (inputs first, then the additional arguments).
+
+    A torch shape error inside becomes a ``ValueError`` naming ``argname`` (:func:`explain_shape_errors`).
+    """
+    with explain_shape_errors(model, argname, inputs[0].shape if inputs else ()), eager_compiled():
+        return _run_forward(model, inputs, None, additional_forward_args)
 
 
 @contextmanager
@@ -316,6 +370,7 @@ def forward_to_layer(
     additional_forward_args: Any = None,
     to_input: bool = False,
     layer_name: str = "layer",
+    argname: str = "inputs",
 ) -> Tensor:
     """Run the forward pass until ``module`` has run (or is about to, with ``to_input``).
 
@@ -323,7 +378,7 @@ def forward_to_layer(
     is the one returned.
     """
     with _layer_capture(module, to_input, stop=True, layer_name=layer_name) as captured, suppress(_StopForward):
-        run_forward(model, inputs, additional_forward_args)
+        run_forward(model, inputs, additional_forward_args, argname)
     if not captured:
         raise ValueError(f"layer {layer_name!r} was not called in the forward pass of the model")
     return captured[0]

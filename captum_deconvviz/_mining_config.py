@@ -7,6 +7,8 @@ public API documents; the rest of mining reads the config and never re-checks.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from torch import nn
 
 from . import _datasource, _distributed
 from ._checkpoint import shard_path
+from ._checks import check_bool, check_choice, check_device, check_float, check_int
 from ._forward import model_device, resolve_layer
 
 __all__ = ["MiningConfig", "Nan", "Unique", "mining_config"]
@@ -132,7 +135,9 @@ def mining_config(
         ('features.1',)
     """
     names = _layer_names(model, layers)
-    _check_options(k, unique, batch_size, num_workers, nan, nms_threshold)
+    _check_options(k, unique, batch_size, num_workers, nan, nms_threshold, progress, verify, checkpoint_every)
+    mining_device = check_device(device) if device is not None else _default_device(model)
+    checkpoint_path = _check_checkpoint(checkpoint)
     _datasource.check_data(data)
     total = _datasource.length(data)
     if total == 0:
@@ -149,9 +154,9 @@ def mining_config(
         nan=nan,
         batch_size=batch_size,
         num_workers=num_workers,
-        device=torch.device(device) if device is not None else _default_device(model),
+        device=mining_device,
         progress=(progress and rank == 0) if distributed else progress,
-        checkpoint=shard_path(Path(checkpoint), rank, world) if checkpoint is not None else None,
+        checkpoint=shard_path(checkpoint_path, rank, world) if checkpoint_path is not None else None,
         checkpoint_every=checkpoint_every,
         verify=verify,
         num_images=total,
@@ -174,19 +179,52 @@ def _layer_names(model: nn.Module, layers: str | nn.Module | Sequence[str | nn.M
     return names
 
 
-def _check_options(k: Any, unique: Any, batch_size: Any, num_workers: Any, nan: Any, nms_threshold: Any) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if unique not in ("image", "none", "nms"):
-        raise ValueError(f"unique must be 'image', 'none' or 'nms', got {unique!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    if nan not in ("raise", "skip"):
-        raise ValueError(f"nan must be 'raise' or 'skip', got {nan!r}")
-    if not 0.0 <= nms_threshold < 1.0:
-        raise ValueError(f"nms_threshold must be in [0, 1), got {nms_threshold!r}")
+def _check_options(
+    k: Any,
+    unique: Any,
+    batch_size: Any,
+    num_workers: Any,
+    nan: Any,
+    nms_threshold: Any,
+    progress: Any,
+    verify: Any,
+    checkpoint_every: Any,
+) -> None:
+    check_int(k, "k", minimum=1)
+    check_choice(unique, "unique", ("image", "none", "nms"))
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_workers, "num_workers", minimum=0)
+    check_choice(nan, "nan", ("raise", "skip"))
+    check_float(nms_threshold, "nms_threshold", minimum=0.0, below=1.0)
+    check_bool(progress, "progress")
+    check_bool(verify, "verify")
+    check_float(checkpoint_every, "checkpoint_every", minimum=0.0)
+
+
+def _check_checkpoint(checkpoint: Any) -> Path | None:
+    """The checkpoint path, checked writable now rather than after the first minutes of mining."""
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path or None, got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint={str(path)!r} is a folder; give a file path such as {str(path / 'mining.pt')!r}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"checkpoint={str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if parent is not None and not _can_create_in(parent):
+        raise ValueError(f"checkpoint={str(path)!r}: the folder {str(parent)!r} is not writable")
+    return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried for real (``os.access`` says yes to root on /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _check_shard(shard: Any) -> tuple[int, int]:
@@ -197,7 +235,7 @@ def _check_shard(shard: Any) -> tuple[int, int]:
         or len(shard) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
         or not 0 <= shard[0] < shard[1]
-    ):
+    ):  # one message for every way it is wrong: the form is what the user needs
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     return int(shard[0]), int(shard[1])
 

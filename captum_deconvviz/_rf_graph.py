@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import _rf_rules as rules
 from ._field import Field, Unmodelled, input_seg
-from ._forward import EvalMode, StopForward, example_input, meta_copy
+from ._forward import EvalMode, StopForward, eager_compiled, example_input, meta_copy
 
 __all__ = ["Analysis", "FieldRecorder", "Snapshot", "analyse"]
 
@@ -227,7 +227,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], stop_after: str | No
 def _record(model: nn.Module, input_shape: tuple[int, ...], stop_after: str | None, x: Tensor) -> Analysis:
     recorder = FieldRecorder(tuple(input_shape[1:]))
     recorder.stop_after = stop_after
-    with torch.no_grad(), EvalMode(model), recorder.watch(model):
+    with torch.no_grad(), EvalMode(model), eager_compiled(), recorder.watch(model):
         recorder.start(x)
         with recorder, contextlib.suppress(StopForward):
             model(x)

@@ -18,11 +18,14 @@ from torch.utils.hooks import RemovableHandle
 from ._forward import (
     EvalMode,
     StopForward,
+    check_model,
     describe_choices,
+    eager_compiled,
     pick_output,
     resolve_layer,
     split_layer_spec,
 )
+from ._guard import explain_shape_errors
 
 __all__ = ["LayerTaps", "as_4d", "layer_activations"]
 
@@ -95,14 +98,15 @@ class LayerTaps:
 
         return hook
 
-    def run(self, model: nn.Module, images: Tensor) -> None:
+    def run(self, model: nn.Module, images: Tensor, argname: str = "data") -> None:
         """Run ``model`` on ``images`` until every tapped layer has run once.
 
         Raises:
-            ValueError: some layers were never called by the forward pass.
+            ValueError: some layers were never called by the forward pass, or the images'
+                shape does not fit the model (the message names ``argname``).
         """
         self.pending = set(self.modules)
-        with contextlib.suppress(StopForward):
+        with contextlib.suppress(StopForward), explain_shape_errors(model, argname, images.shape), eager_compiled():
             model(images)
         if self.pending:
             raise ValueError(f"layers {sorted(self.pending)} were not called in the forward pass of the model")
@@ -128,6 +132,7 @@ def layer_activations(model: nn.Module, layers: Sequence[str], images: Tensor) -
         >>> acts["features.1"].shape
         torch.Size([8, 64, 16, 16])
     """
+    model = check_model(model)  # torch.compile wrappers: run the modules they hold
     modules = {name: resolve_layer(model, name)[1] for name in layers}
     out: dict[str, Tensor] = {}
     device = next((p.device for p in model.parameters()), images.device)

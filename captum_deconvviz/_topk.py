@@ -80,7 +80,7 @@ class FoldRule:
 
     Attributes:
         unique: ``"image"`` (one record per image and channel), ``"none"`` or ``"nms"``.
-        nan: ``"raise"`` on NaN activations, or ``"skip"`` them (counted in ``nan_count``).
+        nan: ``"raise"`` on NaN or Inf activations, or ``"skip"`` them (counted in ``nan_count``).
         kernel: the NMS overlap kernel of the layer (see :func:`nms_kernel`); ``"nms"`` only.
     """
 
@@ -186,7 +186,7 @@ class TopKState:
         sums = flat.sum(dim=2).double()
         positions = torch.full((c,), b * h * w, dtype=torch.long, device=acts.device)
         nans = torch.zeros(c, dtype=torch.long, device=acts.device)
-        if bool(torch.isnan(sums).any()):  # NaN (or +inf and -inf) somewhere: look closer
+        if not bool(torch.isfinite(sums).all()):  # NaN or Inf somewhere (or a sum overflowed): look closer
             skipped = _skip_nans(flat, index, rule.nan, layer)
             if skipped is not None:
                 flat, sums, nans = skipped
@@ -264,19 +264,21 @@ class TopKState:
 
 
 def _skip_nans(flat: Tensor, index: Tensor, nan: str, layer: str) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``flat [B, C, HW]`` with NaN as -inf, the NaN-free sums ``[B, C]`` and NaN counts ``[C]``.
+    """``flat [B, C, HW]`` with NaN and Inf as -inf, the finite sums ``[B, C]`` and their counts ``[C]``.
 
-    None if ``flat`` holds no NaN (the sums were NaN from +inf and -inf). With ``nan="raise"``,
-    a FloatingPointError names the first images (dataset indices) that hold NaN.
+    Inf is treated as NaN: a record of value inf, or a mean of inf, would look like an answer.
+    None if ``flat`` is all finite (a sum overflowed). With ``nan="raise"``, a FloatingPointError
+    names the first images (dataset indices) that hold NaN or Inf.
     """
-    nan_mask = torch.isnan(flat)
+    nan_mask = ~torch.isfinite(flat)
     if not bool(nan_mask.any()):
         return None
     if nan == "raise":
         bad = index[nan_mask.any(dim=2).any(dim=1).cpu()].tolist()
+        kinds = " and ".join(k for k, n in (("NaN", flat.isnan().any()), ("Inf", flat.isinf().any())) if bool(n))
         raise FloatingPointError(
-            f"layer {layer!r} produced NaN activations for images {bad[:10]}; fix the data or the "
-            "model, or pass nan='skip' to ignore NaN activations"
+            f"layer {layer!r} produced {kinds} activations for images {bad[:10]} of data; fix the data or the "
+            "model, or pass nan='skip' to ignore non-finite activations"
         )
     sums = flat.masked_fill(nan_mask, 0.0).sum(dim=2).double()
     return flat.masked_fill(nan_mask, float("-inf")), sums, nan_mask.sum(dim=(0, 2))

@@ -10,7 +10,6 @@ than once.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,24 +21,13 @@ from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from ._forward import check_model, check_target, format_inputs, forward_to_layer, resolve_layer, run_forward
+from ._checks import check_bool
+from ._forward import EvalMode, check_model, check_target, format_inputs, forward_to_layer, resolve_layer, run_forward
+from ._guard import check_finite
 from ._units import NeuronSelector, Seed, check_seed, neuron_seed, reverse_from_seeds
 from .engine import ActivationPolicy, ReverseRules
 
 __all__ = ["EngineGuidedBackprop", "NeuronEngineGuidedBackprop", "NeuronZFDeconvolution", "ZFDeconvolution"]
-
-
-_TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-def _warn_if_training(model: nn.Module) -> None:
-    if any(m.training and isinstance(m, _TRAINING_SENSITIVE) for m in model.modules()):
-        warnings.warn(
-            "the model is in training mode: BatchNorm uses batch statistics (and updates its running "
-            "statistics) and Dropout is random. Call model.eval() for reproducible attributions.",
-            UserWarning,
-            stacklevel=5,  # the user's call <- Captum's log_usage <- attribute <- _reverse <- here
-        )
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -85,13 +73,17 @@ class _EngineMethod:
         and return the reverse pass at the inputs, shaped as Captum returns attributions."""
         is_tuple = _is_tuple(inputs)
         inputs_tuple = format_inputs(inputs, self.model)
-        _warn_if_training(self.model)
+        for i, item in enumerate(inputs_tuple):
+            check_finite(item, "inputs" if len(inputs_tuple) == 1 else f"inputs[{i}]")
         gradient_mask = apply_gradient_requirements(inputs_tuple, warn=False)
         try:
-            with torch.enable_grad():
+            # Eval mode on the model itself, as every entry point does (docs/reliability.md):
+            # BatchNorm uses its running statistics and leaves them alone, Dropout is off.
+            with torch.enable_grad(), EvalMode(self.model):
                 with ReverseRules(self._rules, activations=self.activations):
                     output = forward(inputs_tuple)
                 selected, seed = seeds(output)
+                check_finite(selected, "the forward output that seeds the reverse pass", "outputs")
                 grads = reverse_from_seeds(selected, inputs_tuple, seed)
         finally:
             undo_gradient_requirements(inputs_tuple, gradient_mask)
@@ -247,6 +239,7 @@ class _RuleNeuronAttribution(_EngineMethod, NeuronAttribution, GradientAttributi
     ) -> TensorOrTupleOfTensorsGeneric:
         """Each public subclass documents this in its own words (:func:`_documented`)."""
         check_seed(seed)
+        check_bool(attribute_to_neuron_input, "attribute_to_neuron_input")
 
         def forward(xs: tuple[Tensor, ...]) -> Tensor:
             return forward_to_layer(

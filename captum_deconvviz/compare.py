@@ -29,7 +29,9 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from ._forward import check_model, check_target, format_inputs, resolve_layer, run_forward
+from ._checks import check_int
+from ._forward import EvalMode, check_model, check_target, format_inputs, resolve_layer, run_forward
+from ._guard import check_finite, explain_shape_errors
 from ._tables import to_markdown
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 
@@ -60,10 +62,12 @@ METHODS: dict[str, tuple[str, Any, Any]] = {
 def _check_methods(methods: Sequence[str]) -> list[str]:
     if isinstance(methods, str):
         methods = [methods]
+    if not isinstance(methods, Sequence):
+        raise TypeError(f"methods must be a list of method names, got {type(methods).__name__}")
     methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not isinstance(m, str) or m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown or methods!r}; choose from {sorted(METHODS)}")
+        raise ValueError(f"methods: unknown method(s) {unknown or methods!r}; choose from {sorted(METHODS)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods lists a name twice: {methods}")
     return methods
@@ -260,9 +264,14 @@ def compare_methods(
         if neuron_selector is not None:
             raise ValueError("neuron_selector needs layer=")
         _check_shapes(inputs, target)
-        with torch.no_grad():
-            check_target(run_forward(model, (inputs,)), target)
-    maps = {name: _attribute(name, model, inputs, target, layer_module, neuron_selector) for name in names}
+    check_finite(inputs, "inputs")
+    # Every method sees the model in eval mode (buffers untouched), as every entry point does;
+    # Captum's own methods run inside the same block, so they are compared on the same model.
+    with EvalMode(model), explain_shape_errors(model, "inputs", inputs.shape):
+        if layer is None:
+            with torch.no_grad():
+                check_target(run_forward(model, (inputs,)), target)
+        maps = {name: _attribute(name, model, inputs, target, layer_module, neuron_selector) for name in names}
     metrics = {(a, b): agreement(maps[a], maps[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
     return ComparisonResult(inputs.detach(), maps, metrics, target, layer_name, neuron_selector)
 
@@ -315,6 +324,19 @@ def _randomizable(model: nn.Module) -> list[str]:
     return names[::-1]
 
 
+def _check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """The layers to randomize: each a module of ``model`` with ``reset_parameters``."""
+    if layers is None:
+        return _randomizable(model)
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError(f"layers must be a non-empty list of layer names, got {layers!r}")
+    for name in layers:
+        _, module = resolve_layer(model, name, argname="layers")
+        if not callable(getattr(module, "reset_parameters", None)):
+            raise ValueError(f"layers: {name!r} ({type(module).__name__}) has no reset_parameters() to randomize it")
+    return list(layers)
+
+
 def randomization_test(
     model: nn.Module,
     inputs: Tensor,
@@ -365,23 +387,24 @@ def randomization_test(
     names = _check_methods(methods)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    check_int(random_state, "random_state")
     (inputs,) = format_inputs(inputs, model)
     _check_shapes(inputs, target)
-    with torch.no_grad():
-        check_target(run_forward(model, (inputs,)), target)
-    steps = list(layers) if layers is not None else _randomizable(model)
-    for name in steps:
-        resolve_layer(model, name, argname="layers")
-    original = {m: _attribute(m, model, inputs, target, None, None) for m in names}
+    check_finite(inputs, "inputs")
+    steps = _check_layers(model, layers)
+    with EvalMode(model), explain_shape_errors(model, "inputs", inputs.shape):
+        with torch.no_grad():
+            check_target(run_forward(model, (inputs,)), target)
+        original = {m: _attribute(m, model, inputs, target, None, None) for m in names}
     similarity: dict[str, dict[str, list[Tensor]]] = {
         m: {"spearman": [], "spearman_abs": [], "ssim": []} for m in names
     }
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(random_state)
-        cascade = copy.deepcopy(model)
+        cascade = copy.deepcopy(model).eval()  # our own copies: eval mode, as the original ran
         for step, name in enumerate(steps):
-            current = cascade if mode == "cascading" else copy.deepcopy(model)
+            current = cascade if mode == "cascading" else copy.deepcopy(model).eval()
             torch.manual_seed(random_state + step)
             dict(current.named_modules())[name].reset_parameters()
             for m in names:

@@ -33,6 +33,7 @@ from . import _geometry as geometry
 from ._field import Field, Seg
 from ._forward import EvalMode, example_input, split_layer_spec
 from ._geometry import box_slices
+from ._guard import check_finite
 from ._rf_graph import FieldRecorder
 from .engine import ActivationPolicy, ReverseRules
 
@@ -258,6 +259,7 @@ class CroppedPlan:
                 raise RuntimeError("cropped forward lost the target unit")  # a bug, never user error
             rows = torch.arange(out.shape[0], device=out.device)
             index = (rows, units[:, 0].to(out.device).long(), *where.t())
+            check_finite(out.detach()[index], "the seeded units' activations", "activations")
             grad = torch.zeros_like(out)
             grad[index] = out.detach()[index] if seed == "activation" else 1.0
             (projection,) = torch.autograd.grad(out, crops, grad, allow_unused=True)

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_bool, check_int
 from ._chunks import MAX_CHUNK_ROWS, MAX_CROPPED_CHUNK_ROWS, ChunkSizer
-from ._forward import check_model, format_inputs, forward_to_layer, resolve_layer
+from ._forward import EvalMode, check_model, format_inputs, forward_to_layer, resolve_layer
 from ._geometry import box_slices
+from ._guard import check_finite, explain_shape_errors
 from ._units import (
     Seed,
     check_records,
@@ -91,6 +93,7 @@ class _Projector:
     rules: str
     activations: ActivationPolicy
     plan: CroppedPlan | None = None
+    argname: str = "inputs"
 
     def cropping(self, crop: bool | str, input_shape: tuple[int, ...]) -> _Projector:
         """This projector with a cropped plan where ``crop`` asks for one and the layer allows it."""
@@ -112,8 +115,12 @@ class _Projector:
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
             with ReverseRules(self.rules, activations=self.activations):
-                layer_out = forward_to_layer(self.model, self.module, (x,), layer_name=self.name)
+                layer_out = forward_to_layer(self.model, self.module, (x,), layer_name=self.name, argname=self.argname)
             check_within(units, layer_out.shape[1:], "units", rows=rows)
+            # Indices built apart from the subscript: mypy's parser reads a starred tuple inside [] as 3.11 syntax.
+            at_units: tuple[Tensor, ...] = (torch.arange(len(units)), *units.t())
+            seeded = layer_out.detach()[at_units]
+            check_finite(seeded, f"the activations of layer {self.name!r} at units", "activations", rows)
             (projection,) = reverse_from_seeds(layer_out, (x,), seed_units(layer_out, units, self.seed))
         return projection
 
@@ -141,11 +148,14 @@ class _Projector:
         slots = int(slot[rows].max()) + 1
         with torch.enable_grad():
             with ReverseRules(self.rules, activations=self.activations):
-                layer_out = forward_to_layer(self.model, self.module, (x,), layer_name=self.name)
+                layer_out = forward_to_layer(self.model, self.module, (x,), layer_name=self.name, argname=self.argname)
             check_within(records[rows], layer_out.shape[1:], "records", rows=rows.tolist(), records=True)
-            grad = layer_out.new_zeros((slots, *layer_out.shape))
             image_rows = torch.tensor([local[int(i)] for i in records[rows, 0]])
             where = records[rows, 1:].t()
+            at_records: tuple[Tensor, ...] = (image_rows, *where)
+            seeded = layer_out.detach()[at_records]
+            check_finite(seeded, f"the activations of layer {self.name!r} at records", "activations", rows.tolist())
+            grad = layer_out.new_zeros((slots, *layer_out.shape))
             place_seeds(grad, (slot[rows], image_rows, *where), layer_out.detach(), (image_rows, *where), self.seed)
             if slots == 1:
                 return reverse_from_seeds(layer_out, (x,), grad[0])[0].unsqueeze(0)
@@ -172,14 +182,17 @@ def _projector(
     seed: Seed,
     rules: str,
     activations: ActivationPolicy,
+    argname: str,
 ) -> tuple[_Projector, Tensor]:
     """Check the arguments every projection takes; return a projector (no plan yet) and the images."""
     model = check_model(model)
     name, module = resolve_layer(model, layer)
-    (images,) = format_inputs(images, model)
+    (images,) = format_inputs(images, model, argname)
+    check_finite(images, argname)
     check_seed(seed)
     rules = rule_set(rules, projecting=True).name
-    return _Projector(model, module, name, seed, rules, activations), images
+    ReverseRules(rules, activations)  # checks ``activations`` before any pass
+    return _Projector(model, module, name, seed, rules, activations, argname=argname), images
 
 
 def project_units(
@@ -240,14 +253,20 @@ def project_units(
         >>> project_units(model, "features.7", images, units).shape
         torch.Size([2, 3, 128, 128])
     """
-    projector, inputs = _projector(model, layer, inputs, seed, rules, activations)
+    projector, inputs = _projector(model, layer, inputs, seed, rules, activations, "inputs")
     units = check_units(units, inputs.shape[0])
     _check_rows(batch_size, "batch_size")
-    if not return_intermediates:  # the cropped pass has no module outputs to report
-        projector = projector.cropping(crop, tuple(inputs.shape[1:]))
-    if projector.layer_shape is not None:  # known before any pass: check every unit now
-        check_within(units, projector.layer_shape)
-    projections, signals = _units_in_chunks(projector, inputs, units, batch_size, return_intermediates)
+    check_bool(return_intermediates, "return_intermediates")
+    _check_crop(crop)
+    # As every entry point: eval mode with buffers untouched, and shape errors that name the argument
+    # (the cropped pass runs the layers on crops, outside forward_to_layer's own translation).
+    with EvalMode(projector.model), explain_shape_errors(projector.model, "inputs", inputs.shape):
+        if not return_intermediates:  # the cropped pass has no module outputs to report
+            projector = projector.cropping(crop, tuple(inputs.shape[1:]))
+        if projector.layer_shape is not None:  # known before any pass: check every unit now
+            check_within(units, projector.layer_shape)
+        projections, signals = _units_in_chunks(projector, inputs, units, batch_size, return_intermediates)
+    check_finite(projections, "the projections", hint=_NON_FINITE_WEIGHTS)
     return (projections, signals) if return_intermediates else projections
 
 
@@ -270,9 +289,18 @@ def _units_in_chunks(
     return projections, {key: torch.cat(value) for key, value in signals.items() if value}
 
 
+_NON_FINITE_WEIGHTS = (
+    "the seeded units were finite, so the model's weights (or a layer on the reverse path) hold NaN or Inf"
+)
+
+
 def _check_rows(rows: Any, argname: str) -> None:
-    if rows is not None and (not isinstance(rows, int) or rows < 1):
-        raise ValueError(f"{argname} must be a positive int, got {rows!r}")
+    check_int(rows, argname, minimum=1, allow_none=True)
+
+
+def _check_crop(crop: Any) -> None:
+    if not (crop is True or crop is False or crop == "auto"):
+        raise ValueError(f"crop must be True, False or 'auto', got {crop!r}")
 
 
 def project_records(
@@ -326,18 +354,21 @@ def project_records(
         torch.Size([3, 3, 128, 128])
     """
     records = _renamed_records(records, units)
-    projector, images = _projector(model, layer, images, seed, rules, activations)
+    projector, images = _projector(model, layer, images, seed, rules, activations, "images")
     records = check_records(records, len(images))
     _check_rows(rows, "rows")
+    _check_crop(crop)
     result = images.new_zeros((len(records), *images.shape[1:]))
     if len(records) == 0:
         return result
-    projector = projector.cropping(crop, tuple(images.shape[1:]))
-    if projector.layer_shape is not None:  # each record on its own crop
-        check_within(records, projector.layer_shape, "records", records=True)
-        _records_on_crops(projector, images, records, rows, result)
-    else:
-        _records_by_image(projector, images, records, rows, result)
+    with EvalMode(projector.model), explain_shape_errors(projector.model, "images", images.shape):
+        projector = projector.cropping(crop, tuple(images.shape[1:]))
+        if projector.layer_shape is not None:  # each record on its own crop
+            check_within(records, projector.layer_shape, "records", records=True)
+            _records_on_crops(projector, images, records, rows, result)
+        else:
+            _records_by_image(projector, images, records, rows, result)
+    check_finite(result, "the projections", hint=_NON_FINITE_WEIGHTS)
     return result
 
 

@@ -34,6 +34,7 @@ from typing import Literal
 from torch import nn
 
 from . import _rf_graph
+from ._checks import check_bool, check_int
 from ._field import Field, Unmodelled
 from ._forward import check_model, resolve_layer, split_layer_spec
 from ._probe import check_against_probe, measure_support, probe_field
@@ -212,8 +213,8 @@ def receptive_field(
     input_shape = check_input_shape(input_shape)
     if method not in ("analytic", "probe"):
         raise ValueError(f"method must be 'analytic' or 'probe', got {method!r}")
-    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
-        raise TypeError(f"channel must be an int or None, got {type(channel).__name__}")
+    check_int(channel, "channel", minimum=0, allow_none=True)
+    check_bool(verify, "verify")
     if method == "probe" and not verify:
         return probe_field(model, name, input_shape, channel)
     analytic = _analytic(model, name, input_shape, channel)

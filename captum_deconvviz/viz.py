@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from ._checks import check_bool, check_float, check_int
 from ._figures import (
     attribution_cell,
     blank,
@@ -58,6 +59,11 @@ _CAPTUM_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_ima
 
 def _filter_images(weights: nn.Module | Tensor, sort_by_norm: bool, normalize: str) -> list[np.ndarray]:
     """Each filter as an image in [0, 1] around mid-grey, in the order to draw them."""
+    if isinstance(weights, nn.Module) and not isinstance(getattr(weights, "weight", None), Tensor):
+        first = next((m for m in weights.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is None:
+            raise ValueError(f"weights is a {type(weights).__name__} with no Conv2d; pass a Conv2d or its weight")
+        weights = first  # a whole model: its first convolution, the layer ZF's Fig. 6 shows
     weight = weights.weight if isinstance(weights, nn.Module) else weights
     if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] not in (1, 3):
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weights).__name__
@@ -110,6 +116,9 @@ def plot_filters(
         >>> fig, axes = plot_filters(load_default_model().features[0], sort_by_norm=True, use_pyplot=False)
         >>> fig.savefig("filters.pdf")  # doctest: +SKIP
     """
+    check_int(ncols, "ncols", minimum=1, allow_none=True)
+    check_bool(sort_by_norm, "sort_by_norm")
+    check_float(cell_inches, "cell_inches", above=0.0)
     images = _filter_images(weights, sort_by_norm, normalize)
     ncols = ncols or math.ceil(math.sqrt(len(images)))
     nrows = math.ceil(len(images) / ncols)
@@ -256,6 +265,10 @@ def plot_topk(
     """
     if method != "projection" and method not in _CAPTUM_METHODS:
         raise ValueError(f"method must be 'projection' or one of Captum's {_CAPTUM_METHODS}, got {method!r}")
+    check_float(outlier_perc, "outlier_perc", minimum=0.0, below=100.0)
+    check_float(alpha_overlay, "alpha_overlay", minimum=0.0, maximum=1.0)
+    check_float(cell_inches, "cell_inches", above=0.0)
+    check_bool(titles, "titles")
     channel_list = [channels] if isinstance(channels, int) else list(channels)
     if not channel_list:
         raise ValueError("channels is empty")

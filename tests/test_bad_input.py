@@ -95,5 +95,5 @@ def test_neuron_selector_and_seed_checks(model: nn.Module) -> None:
         neuron.attribute(X, "a")
     with pytest.raises(ValueError, match="seed must be 'activation'"):
         neuron.attribute(X, (0, 0, 0), seed="ones")
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
         project_units(model, "1", X, torch.zeros(2, 3, dtype=torch.long), batch_size=0)

@@ -93,7 +93,7 @@ def test_renormalization_caps_every_filter_at_the_radius() -> None:
         rms = conv.weight.flatten(1).pow(2).mean(1).sqrt()
         assert (rms <= 0.1 + 1e-6).all()
     assert torch.equal(model.features[3].weight[:4], small_before)
-    with pytest.raises(ValueError, match="radius must be positive"):
+    with pytest.raises(ValueError, match="radius must be > 0"):
         renormalize_filters_(model, radius=0)
 
 
@@ -244,7 +244,7 @@ def test_diagnose_refuses_a_result_of_other_weights_or_data(images: torch.Tensor
         model.features[3].weight.mul_(2)
     with pytest.raises(ValueError, match="another model"):
         diagnose(model, images, result=result)
-    with pytest.raises(ValueError, match="max_images must be a positive int"):
+    with pytest.raises(ValueError, match="max_images must be >= 1"):
         diagnose(model, images, max_images=0)
 
 
