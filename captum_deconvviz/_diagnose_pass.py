@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _datasource
-from ._forward import EvalMode, StopForward, resolve_layer
+from ._checks import check_int
+from ._forward import EvalMode, StopForward, eager_compiled, resolve_layer
 from .mining import model_fingerprint
 from .mining_result import MiningResult
 
@@ -135,7 +136,7 @@ def activity_sources(model: nn.Module, names: Sequence[str], mined: Sequence[str
             if name:  # not the model itself
                 handles.append(modules[name].register_forward_pre_hook(watch.pre_hook(name)))
                 handles.append(modules[name].register_forward_hook(watch.post_hook(name)))
-        with torch.no_grad(), EvalMode(model):
+        with torch.no_grad(), EvalMode(model), eager_compiled():
             model(image)
     finally:
         for handle in handles:
@@ -194,7 +195,7 @@ def stream(
     device = next((p.device for p in model.parameters()), None)
     bar = tqdm(total=_datasource.length(data), disable=not progress, unit="img", desc="diagnosing")
     try:
-        with torch.no_grad(), EvalMode(model):
+        with torch.no_grad(), EvalMode(model), eager_compiled():
             for _, images in _datasource.batches(data, batch_size):
                 pending.clear()
                 pending.update(wanted)
@@ -239,10 +240,8 @@ def check_arguments(
     names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
     if not names:
         raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1):
-        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(max_images, "max_images", minimum=1, allow_none=True)
     total = _datasource.length(data)
     if total == 0:
         raise ValueError("data is empty: there is nothing to diagnose")
@@ -264,3 +263,153 @@ def _check_result(result: Any, model: nn.Module, total: int) -> None:
             f"result covers {result.num_images} of the {total} images (one shard?): merge the shards with "
             "MiningResult.merge, or leave result out"
         )
+
+
+class AliasingWatch:
+    """Aliasing scores of strided layers, read from forward passes that something else runs.
+
+    ``deconvviz report`` mines with a watch on the model, so that the dataset is streamed
+    once: the watch's forward hooks score each strided layer's input as mining's forward
+    reaches it, batch by batch, over the first ``max_images`` images, exactly as
+    :func:`stream` would with the same batch size. Layers that mining's forward never
+    reaches (it stops after the deepest mined layer), or images it did not see (a resumed
+    run), are left for :func:`stream`: :meth:`complete` says which layers are done.
+
+    A strided layer past the point where mining stops can still be scored when its input is
+    the very tensor another module returned (``features.10``, a max-pool, takes what
+    ``features.9``, a mined ReLU, returned): ``sources`` maps it to that module, whose output
+    hook scores it (see :func:`input_sources`).
+
+    Args:
+        model: the network the forward passes run (hooks go on it, and on copies of it).
+        scores: per strided layer, ``(module, its input) -> [C]`` score of a batch.
+        wanted: how many images, from the first, the scores are over.
+        sources: per strided layer, the module whose output is its input (default: none).
+
+    Example:
+        >>> with AliasingWatch(model, {"features.2": score}, wanted=1000) as watch:  # doctest: +SKIP
+        ...     result = mine_topk(model, layers, data)
+        >>> watch.complete()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scores: Mapping[str, Callable[[nn.Module, Tensor], Tensor]],
+        wanted: int,
+        sources: Mapping[str, str] | None = None,
+    ) -> None:
+        self.model, self.scores, self.wanted = model, dict(scores), wanted
+        self.sources = dict(sources or {})
+        named = dict(model.named_modules())
+        self.modules = {name: named[name] for name in self.scores}
+        self.source_modules = {name: named[source] for name, source in self.sources.items()}
+        self.images = 0  # images of the forward passes seen, up to ``wanted``
+        self.take = 0  # images of the forward in flight still to score
+        self.seen: Counter[str] = Counter()
+        self.energy: dict[str, Tensor] = {}
+        self.fired: set[str] = set()
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> AliasingWatch:
+        self.handles.append(self.model.register_forward_pre_hook(self._start))
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._score(name)))
+            if name in self.source_modules:
+                self.handles.append(self.source_modules[name].register_forward_hook(self._score(name, module)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _start(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        batch = args[0].shape[0] if args and isinstance(args[0], Tensor) and args[0].dim() > 0 else 0
+        self.take = max(0, min(batch, self.wanted - self.images))
+        self.images += self.take
+        self.fired.clear()
+
+    def _score(self, name: str, layer: nn.Module | None = None) -> Callable[..., None]:
+        """The hook that scores ``name``: on its own input, or (``layer`` given) on its source's output."""
+
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if name in self.fired or self.take == 0:
+                return  # a module called again in the same forward: its first call counts
+            self.fired.add(name)
+            x = (inputs[0] if layer is None else output)[: self.take]
+            score = self.scores[name](module if layer is None else layer, x) * len(x)
+            self.energy[name] = self.energy[name] + score if name in self.energy else score
+            self.seen[name] += len(x)
+
+        return hook
+
+    def complete(self) -> dict[str, Tensor]:
+        """The mean score of each layer that saw all ``wanted`` images."""
+        if self.images != self.wanted:
+            return {}
+        return {name: self.energy[name] / self.wanted for name in self.scores if self.seen[name] == self.wanted}
+
+    def record(self, result: MiningResult, batch_size: int) -> None:
+        """Keep the complete scores in ``result.meta["aliasing"]``, where :func:`diagnose` finds them.
+
+        Saved with the result, so a later ``deconvviz report --result`` needs no pass either.
+        """
+        scores = self.complete()
+        if scores:
+            result.meta["aliasing"] = {
+                "images": self.wanted,
+                "batch_size": batch_size,
+                "scores": {name: value.tolist() for name, value in scores.items()},
+            }
+
+
+def input_sources(model: nn.Module, names: Sequence[str], image: Tensor) -> dict[str, str]:
+    """For each of ``names``, the module whose output object is that module's input, unchanged.
+
+    One forward on one image, watched by hooks: a tensor is ``(object, version counter)``, so
+    an in-place op in between (which bumps the counter) breaks the link. Modules that are
+    called more than once, or whose input no module returned (the model's input, a tensor
+    made by a functional op), are left out.
+    """
+    produced: dict[tuple[int, int], str] = {}
+    sources: dict[str, str] = {}
+    calls: Counter[str] = Counter()
+    wanted = set(names)
+    handles = []
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            calls[name] += 1
+            if name in wanted and inputs and isinstance(inputs[0], Tensor):
+                source = produced.get((id(inputs[0]), inputs[0]._version))
+                if source is not None:
+                    sources[name] = source
+            if isinstance(output, Tensor):
+                produced[(id(output), output._version)] = name
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(after(name)))
+        with torch.no_grad(), EvalMode(model), eager_compiled():
+            model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: source for name, source in sources.items() if calls[name] == 1 and calls[source] == 1}
+
+
+def recorded_aliasing(
+    result: MiningResult | None, layers: Sequence[str], images: int, batch_size: int
+) -> dict[str, Tensor]:
+    """The aliasing scores a mining run recorded (:meth:`AliasingWatch.record`) that :func:`stream`
+    would compute for these layers: the same first ``images`` images in batches of ``batch_size``."""
+    entry = result.meta.get("aliasing") if result is not None else None
+    if not isinstance(entry, dict) or entry.get("images") != images or entry.get("batch_size") != batch_size:
+        return {}
+    scores = entry.get("scores", {})
+    # Scores are float32 (aliasing_score), kept as exact Python floats: the same tensors come back.
+    return {name: torch.tensor(scores[name], dtype=torch.float32) for name in layers if name in scores}

@@ -23,6 +23,7 @@ unknown option, a value that is not a number) are one line as well, with exit st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import pickle
@@ -57,6 +58,9 @@ from .receptive_field import receptive_field, receptive_field_table
 __all__ = ["NORMALIZE_PRESETS", "Normalization", "build_parser", "main"]
 
 #: Exceptions that mean bad input (see the module docstring); any other exception is a bug.
+#: Images the report's aliasing scores are over (the first ones), as diagnose's max_images.
+ALIASING_IMAGES = 1000
+
 USER_ERRORS = (
     ValueError,
     TypeError,
@@ -177,15 +181,26 @@ def _default_layers(args: argparse.Namespace, model: nn.Module) -> list[str]:
 
 
 def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list[str]) -> Any:
+    from .diagnose import watch_aliasing
     from .mining import mine_topk
 
     device = args.device
     if _distributed.init_from_env() and device is None and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
-    return mine_topk(
-        model, layers, dataset, k=args.k, unique=args.unique, batch_size=args.batch_size, device=device,
-        checkpoint=getattr(args, "checkpoint", None), progress=_distributed.is_main(), num_workers=args.workers,
-    )  # fmt: skip
+    checkpoint = getattr(args, "checkpoint", None)
+    # One pass over the data: the aliasing scores the report's diagnosis needs are taken from
+    # mining's own forward passes and kept in the result (docs/diagnostics.md). Only a fresh run on
+    # one process sees the first images in order; a resumed or sharded run leaves them to diagnose.
+    fresh = not _distributed.active() and (checkpoint is None or not Path(checkpoint).exists())
+    watch = watch_aliasing(model, dataset, max_images=ALIASING_IMAGES) if fresh else None
+    with watch if watch is not None else contextlib.nullcontext():
+        result = mine_topk(
+            model, layers, dataset, k=args.k, unique=args.unique, batch_size=args.batch_size, device=device,
+            checkpoint=checkpoint, progress=_distributed.is_main(), num_workers=args.workers,
+        )  # fmt: skip
+    if watch is not None:
+        watch.record(result, args.batch_size)
+    return result
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
@@ -246,9 +261,15 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose
 
-    # Dead filters come from the mining statistics; only aliasing still needs a (short) pass.
+    # Dead filters come from the mining statistics and aliasing from the scores mining recorded:
+    # no second pass, unless the result came from a resumed run or another batch size.
     diagnosis = diagnose(
-        model, dataset, batch_size=args.batch_size, max_images=1000, progress=_distributed.is_main(), result=result
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        max_images=ALIASING_IMAGES,
+        progress=_distributed.is_main(),
+        result=result,
     )
     index = write_report(
         args.out, model, dataset, result, title=title, denormalize=display, image_labels=labels,

@@ -31,7 +31,16 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from . import _datasource
-from ._diagnose_pass import activity_sources, check_arguments, stream, stride_of
+from ._checks import check_bool, check_float
+from ._diagnose_pass import (
+    AliasingWatch,
+    activity_sources,
+    check_arguments,
+    input_sources,
+    recorded_aliasing,
+    stream,
+    stride_of,
+)
 from ._forward import check_model
 from ._tables import to_html, to_markdown
 from .mining import mine_topk
@@ -263,6 +272,7 @@ def diagnose(
         >>> diagnosis = diagnose(model, data, result=mined)  # doctest: +SKIP
     """
     model = check_model(model)
+    check_bool(progress, "progress")
     names, total = check_arguments(model, data, layers, batch_size, max_images, result)
     modules = dict(model.named_modules())
     dead: dict[str, Tensor] = {}
@@ -276,12 +286,16 @@ def diagnose(
         else:
             data = torch.utils.data.Subset(data.dataset if hasattr(data, "sampler") else data, range(max_images))
     strided = {name: _score_of for name in names if stride_of(modules[name]) is not None}
+    wanted = min(total, max_images) if max_images is not None else total
+    recorded = recorded_aliasing(result, list(strided), wanted, batch_size)
+    strided = {name: score for name, score in strided.items() if name not in recorded}
     missing = [name for name in names if name not in sources]
     active: dict[str, Tensor] = {}
     aliasing: dict[str, Tensor] = {}
     streamed = 0
     if missing or strided:
         active, aliasing, streamed = stream(model, missing, strided, data, batch_size, progress)
+    aliasing.update(recorded)
     dead.update({name: active[name] == 0 for name in missing})
     notes = []
     if result is not None and sources:
@@ -289,10 +303,48 @@ def diagnose(
         notes.append(f"Dead filters over the {result.num_images} mined images, from the mining statistics: {pairs}.")
     if missing:
         notes.append(f"Dead filters over {streamed} images: {', '.join(missing)}.")
-    if aliasing:
+    if recorded:
+        notes.append(f"Aliasing over the first {wanted} images, measured while mining: {', '.join(recorded)}.")
+    if strided:
         notes.append(f"Aliasing over {streamed} images.")
     images = streamed if missing or result is None else result.num_images
     return Diagnosis(_layer_diagnoses(modules, names, dead, aliasing), images, notes)
+
+
+def watch_aliasing(
+    model: nn.Module, data: Any, max_images: int | None = 1000, layers: Sequence[str] | None = None
+) -> AliasingWatch:
+    """A watch that scores aliasing while something else (mining) runs the model's forward passes.
+
+    ``deconvviz report`` uses it to stream the dataset once: mine under the watch, record its
+    scores on the result, and :func:`diagnose` with ``result=`` finds them instead of running
+    its aliasing pass (it still runs one for the layers mining's forward did not reach). The
+    forward passes must start at the first image, in order, with :func:`diagnose`'s batch
+    size, as a fresh (not resumed) ``mine_topk`` on one process does.
+
+    Args:
+        model: the network.
+        data: the images mining will stream (for their number).
+        max_images: the images :func:`diagnose` will score (its ``max_images``).
+        layers: the layers :func:`diagnose` will look at; default its default.
+
+    Returns:
+        An :class:`~captum_deconvviz._diagnose_pass.AliasingWatch` (a context manager).
+
+    Example:
+        >>> with watch_aliasing(model, data) as watch:  # doctest: +SKIP
+        ...     result = mine_topk(model, layers, data, batch_size=64)
+        >>> watch.record(result, batch_size=64)
+        >>> diagnosis = diagnose(model, data, batch_size=64, result=result)  # no second pass
+    """
+    model = check_model(model)
+    modules = dict(model.named_modules())
+    names = [n for n in (layers or modules) if n and n in modules and stride_of(modules[n]) is not None]
+    names = [n for n in names if isinstance(modules[n], (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+    total = _datasource.length(data)
+    wanted = min(total, max_images) if max_images is not None else total
+    image = _datasource.fetch(data, [0]).to(next((p.device for p in model.parameters()), torch.device("cpu")))
+    return AliasingWatch(model, {name: _score_of for name in names}, wanted, input_sources(model, names, image))
 
 
 def _layer_diagnoses(
@@ -332,16 +384,23 @@ def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: It
     Returns:
         How many filters were renormalized.
     """
-    if radius <= 0:
-        raise ValueError(f"radius must be positive, got {radius}")
+    model = check_model(model)
+    radius = check_float(radius, "radius", above=0.0)
+    chosen: list[nn.modules.conv._ConvNd] = []
+    if layers is None:
+        chosen = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    else:
+        for i, module in enumerate(layers):
+            if not isinstance(module, nn.modules.conv._ConvNd):
+                raise TypeError(f"layers[{i}] must be a convolution module, got {type(module).__name__}")
+            chosen.append(module)
     count = 0
     with torch.no_grad():
-        for module in layers if layers is not None else model.modules():
-            if not isinstance(module, nn.modules.conv._ConvNd):
-                continue
-            rms = filter_rms(module.weight)
+        for conv in chosen:
+            weight: Tensor = conv.weight
+            rms = filter_rms(weight)
             scale = torch.where(rms > radius, radius / rms, torch.ones_like(rms))
-            module.weight.mul_(scale.view(-1, *([1] * (module.weight.dim() - 1))))
+            weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
             count += int((rms > radius).sum())
     return count
 
@@ -402,8 +461,10 @@ def track_features(
         >>> len(evolution.projections), tuple(evolution.projections[0].images.shape[:2])
         (2, (2, 1))
     """
-    if not checkpoints:
-        raise ValueError("checkpoints is empty")
+    if isinstance(checkpoints, nn.Module) or not isinstance(checkpoints, Sequence) or not checkpoints:
+        raise ValueError("checkpoints must be a non-empty list of models (the training checkpoints, in order)")
+    for i, model in enumerate(checkpoints):
+        check_model(model, f"checkpoints[{i}]")
     patches, projections = [], []
     for model in checkpoints:
         result = mine_topk(model, layer, data, k=1, progress=False)
