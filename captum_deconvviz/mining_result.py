@@ -4,7 +4,7 @@ Longer than the ~400 lines the style guide asks for, on purpose: nearly all of i
 one public class :class:`MiningResult`, whose methods share its state (records, fields,
 the crop cache) and whose API users meet as one object; its building blocks already live
 elsewhere (``_topk`` the state, ``_result_cache`` the cache, ``_taps`` the forward hooks,
-``_checkpoint`` the files).
+``_result_io`` and ``_integrity`` the files, ``_fingerprint`` the model and data checks).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -20,14 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from . import _datasource
+from ._fingerprint import dataset_mismatch
+from ._forward import check_model
+from ._integrity import add_checksum, atomic_save, read_payload
 from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
+from ._result_checks import InputChecks
+from ._result_io import RESULT_FORMAT, RESULT_KEYS, result_arguments, result_payload
 from ._taps import layer_activations
 from ._topk import TopKState, exact_mean
 from .receptive_field import ReceptiveField
 
-__all__ = ["ChannelStats", "Crops", "MiningResult", "MiningVerificationError", "Record"]
-
-_FORMAT = "captum_deconvviz.MiningResult/1"
+# atomic_save lives in _integrity; it stays importable from here, where it used to be.
+__all__ = ["ChannelStats", "Crops", "MiningResult", "MiningVerificationError", "Record", "atomic_save"]
 
 
 class Record(NamedTuple):
@@ -120,6 +124,7 @@ class MiningResult:
         self.fingerprint = fingerprint
         self.meta = dict(meta or {})
         self._cache = CropCache(DEFAULT_CACHE_BYTES)
+        self._inputs = InputChecks()  # remembers the data and models that passed
 
     # ---- access ---------------------------------------------------------------------
 
@@ -198,6 +203,9 @@ class MiningResult:
             are padded with ``fill`` and an all-False mask. The tensors are the caller's
             own (copies of the cached crops).
 
+        Raises:
+            ValueError: ``data`` is not the mined data (see :meth:`check_data`).
+
         Example:
             >>> crops = result.patches(data, "features.9", 12)  # doctest: +SKIP
             >>> crops.images.shape  # k patches of the channel's receptive-field size
@@ -206,6 +214,7 @@ class MiningResult:
         if isinstance(fill, bool) or not isinstance(fill, (int, float)):
             raise ValueError(f"fill must be a number, got {fill!r}")
         fill = float(fill)
+        self._require_data(data)
         return self._crops(("patches", layer, fill), None, data, layer, channel, fill, lambda images, _units: images)
 
     def projections(
@@ -238,6 +247,10 @@ class MiningResult:
             :class:`Crops`: projections ``[k, C, h, w]`` (or ``[channels, k, C, h, w]``)
             and the valid mask, as in :meth:`patches`.
 
+        Raises:
+            ValueError: ``model`` is not the mined model (:meth:`check_model`) or ``data``
+                not the mined data (:meth:`check_data`).
+
         Example:
             >>> for channel in range(result.channels("features.9")):  # doctest: +SKIP
             ...     projection = result.projections(model, data, "features.9", channel)
@@ -248,6 +261,8 @@ class MiningResult:
             raise ValueError(f"seed must be 'activation' (Zeiler & Fergus) or 'one' (Captum), got {seed!r}")
         if not isinstance(rules, str):
             raise ValueError(f"rules must be the name of a rule set ('zf' or 'guided'), got {rules!r}")
+        model = check_model(model)
+        self._require_data(data)  # the model is checked in _crops, with the cache's hash of its state
 
         def project(images: Tensor, units: Tensor) -> Tensor:
             return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules)
@@ -308,6 +323,9 @@ class MiningResult:
         selection, single = self._selection(layer, channels)
         field = self._field(layer)
         stamp = self._cache.stamp(model, data)
+        if model is not None:
+            state = stamp.model_state if stamp is not None else None
+            self._inputs.require_model(model, "model", self.fingerprint, state=state)
         if stamp is None:
             images, mask = self._compute_crops(data, layer, selection, fill, make, field)
         else:
@@ -367,8 +385,10 @@ class MiningResult:
             The number of records checked.
 
         Raises:
+            ValueError: ``data`` is not the mined data (see :meth:`check_data`).
             MiningVerificationError: listing the records whose value was not reproduced.
         """
+        self._require_data(data)
         indices = sorted(
             {r.index for layer in self.layers for c in range(self.channels(layer)) for r in self.records(layer, c)}
         )
@@ -389,7 +409,68 @@ class MiningResult:
             raise MiningVerificationError(f"{len(bad)} of {checked} records not reproduced: " + "; ".join(bad[:5]))
         return checked
 
-    # ---- persistence ----------------------------------------------------------------
+    def check_data(self, data: Any, argname: str = "data") -> None:
+        """Refuse data that is not the data this result was mined on.
+
+        :meth:`patches`, :meth:`projections` and :meth:`verify` call it first. It compares
+        the data's length with the mined dataset's, and its fingerprint (a few images at
+        fixed indices, and the file names of the package's folder and zip datasets; see
+        docs/reliability.md) with the one recorded at mining. A result saved before
+        fingerprints were recorded is checked by length only, with a warning that says so.
+        A data object that passed is not fingerprinted again while its length (and, for a
+        tensor, its contents' version) stays the same.
+
+        Args:
+            data: a tensor, Dataset or DataLoader.
+            argname: the name to use in messages.
+
+        Raises:
+            ValueError: ``data`` has another length, records refer past its end, or its
+                images differ from the mined data's.
+            TypeError: ``data`` is no tensor, map-style Dataset or DataLoader.
+
+        Example:
+            >>> result.check_data(default_sample())  # doctest: +SKIP
+        """
+        self._require_data(data, argname)
+
+    def _require_data(self, data: Any, argname: str = "data") -> None:
+        """:meth:`check_data`, for the public methods (warnings point at their caller)."""
+        length = self.meta.get("dataset_length")
+        if length is None and self._shards()[0] == 1:
+            length = self.num_images
+        recorded = self.meta.get("data_fingerprint")
+        self._inputs.require_data(
+            data, argname, length=length, recorded=recorded, last_index=self._last_index, stacklevel=4
+        )
+
+    def check_model(self, model: nn.Module, argname: str = "model") -> None:
+        """Refuse a model other than the one this result was mined with.
+
+        :meth:`projections` calls it first. The model's :func:`model_fingerprint` (names,
+        shapes and values of its parameters and buffers) must equal the result's. A model
+        that passed is not hashed again while its parameters and buffers stay unchanged.
+
+        Args:
+            model: the model (a ``torch.compile`` wrapper is unwrapped).
+            argname: the name to use in messages.
+
+        Raises:
+            ValueError: other weights, buffers or structure.
+            TypeError: ``model`` is not an ``nn.Module``.
+
+        Example:
+            >>> result.check_model(load_default_model())  # doctest: +SKIP
+        """
+        self._inputs.require_model(model, argname, self.fingerprint)
+
+    def _last_index(self) -> int:
+        """The largest dataset index any record refers to (-1 without records)."""
+        last = -1
+        for state in self._states.values():
+            if state.key.numel():
+                last = max(last, int(state.key.max()) // (state.height * state.width))
+        return last
 
     # ---- merging ----------------------------------------------------------------------
 
@@ -422,6 +503,13 @@ class MiningResult:
             ):
                 if a != b:
                     raise ValueError(f"cannot merge results that differ in {what}: {a!r} vs {b!r}")
+        first_data = first.meta.get("data_fingerprint")
+        for other in results[1:]:
+            other_data = other.meta.get("data_fingerprint")
+            if first_data is not None and other_data is not None:
+                reason = dataset_mismatch(first_data, other_data)
+                if reason is not None:
+                    raise ValueError(f"cannot merge results mined on different data: one data {reason}")
         ranks = [rank for r in results for rank in r._shards()[1]]
         if len(set(ranks)) != len(ranks):
             raise ValueError(f"cannot merge: shard(s) {sorted({x for x in ranks if ranks.count(x) > 1})} appear twice")
@@ -452,13 +540,23 @@ class MiningResult:
         shards = self.meta.get("shards") or {"world": 1, "ranks": [0]}
         return int(shards["world"]), [int(r) for r in shards["ranks"]]
 
+    # ---- persistence ----------------------------------------------------------------
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the result to ``path`` (tensors and plain values only: no pickled code).
 
-        The file loads with :meth:`load` (``torch.load(..., weights_only=True)``).
-        Written atomically: a crash never leaves a half-written file.
+        The file loads with :meth:`load` (``torch.load(..., weights_only=True)``). It
+        carries a checksum of its contents, so a damaged file is refused on load. Written
+        atomically: a crash never leaves a half-written file, and the temporary files a
+        killed save leaves are removed by the next save to the same path.
+
+        Args:
+            path: the file to write.
+
+        Example:
+            >>> result.save("result.pt")  # doctest: +SKIP
         """
-        atomic_save(self.to_dict(), Path(path))
+        atomic_save(add_checksum(self.to_dict()), Path(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain values and CPU tensors: what :meth:`save` writes.
@@ -471,60 +569,64 @@ class MiningResult:
             >>> MiningResult.from_dict(result.to_dict()).layers == result.layers  # doctest: +SKIP
             True
         """
-        return {
-            "format": _FORMAT,
-            "k": self.k,
-            "unique": self.unique,
-            "nms_threshold": self.nms_threshold,
-            "num_images": self.num_images,
-            "input_shape": list(self.input_shape),
-            "fingerprint": self.fingerprint,
-            "meta": self.meta,
-            "layers": {
-                name: {
-                    "state": state.tensors(),
-                    "height": state.height,
-                    "width": state.width,
-                    "images": state.images,
-                    "field": _field_to_dict(self.fields.get(name)),
-                }
-                for name, state in self._states.items()
-            },
-        }
+        return result_payload(
+            self._states,
+            self.fields,
+            k=self.k,
+            unique=self.unique,
+            nms_threshold=self.nms_threshold,
+            num_images=self.num_images,
+            input_shape=list(self.input_shape),
+            fingerprint=self.fingerprint,
+            meta=self.meta,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MiningResult:
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save`.
+
+        Files of older releases (without a checksum or a data fingerprint) still load.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The result (its crop cache empty).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is truncated, damaged (its checksum does not match), not
+                a saved result, or inconsistent; the message names the file.
+
+        Example:
+            >>> result = MiningResult.load("result.pt")  # doctest: +SKIP
+        """
+        payload = read_payload(Path(path), RESULT_FORMAT, "saved MiningResult", RESULT_KEYS, set())
         try:
-            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:
-            raise ValueError(f"{path} is not a saved MiningResult ({type(err).__name__}: {err})") from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a saved MiningResult (format {_FORMAT})")
-        return cls.from_dict(payload)
+            return cls.from_dict(payload)
+        except ValueError as err:
+            raise ValueError(f"{path} is a corrupt saved MiningResult: {err}") from None
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> MiningResult:
-        """The result :meth:`to_dict` described (its crop cache starts empty)."""
-        states, fields = {}, {}
-        for name, entry in payload["layers"].items():
-            states[name] = TopKState(
-                height=entry["height"], width=entry["width"], images=entry["images"], **entry["state"]
-            )
-            fields[name] = _field_from_dict(entry["field"])
-        return cls(
-            states,
-            fields,
-            k=payload["k"],
-            unique=payload["unique"],
-            nms_threshold=payload["nms_threshold"],
-            num_images=payload["num_images"],
-            input_shape=tuple(payload["input_shape"]),
-            fingerprint=payload["fingerprint"],
-            meta=payload["meta"],
-        )
+        """The result :meth:`to_dict` described (its crop cache starts empty).
+
+        Args:
+            payload: what :meth:`to_dict` returned.
+
+        Returns:
+            The result.
+
+        Raises:
+            ValueError: the payload misses a key or is inconsistent (shapes, ranking,
+                records of images that were not mined); the message says what.
+
+        Example:
+            >>> MiningResult.from_dict(result.to_dict()).k == result.k  # doctest: +SKIP
+            True
+        """
+        arguments = result_arguments(payload)
+        return cls(arguments.pop("states"), arguments.pop("fields"), **arguments)
 
     # ---- display --------------------------------------------------------------------
 
@@ -568,31 +670,3 @@ def _per_row(sources: Tensor, batch: Tensor, units: Tensor) -> list[Tensor]:
     if sources is batch:
         return [batch[int(i)] for i in units[:, 0]]
     return list(sources)
-
-
-def _field_to_dict(field: ReceptiveField | None) -> dict[str, Any] | None:
-    if field is None:
-        return None
-    entry = asdict(field)
-    entry["reach"] = [[list(lo), list(hi)] for lo, hi in field.reach] if field.reach is not None else None
-    return entry
-
-
-def _field_from_dict(entry: dict[str, Any] | None) -> ReceptiveField | None:
-    if entry is None:
-        return None
-    reach = entry.pop("reach")
-    fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
-    return ReceptiveField(**fields, reach=tuple((tuple(lo), tuple(hi)) for lo, hi in reach) if reach else None)
-
-
-def atomic_save(payload: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
