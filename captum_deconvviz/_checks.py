@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["check_bool", "check_choice", "check_device", "check_float", "check_int", "show"]
+__all__ = ["check_bool", "check_choice", "check_device", "check_float", "check_int", "check_output_file", "show"]
 
 
 def check_int(
@@ -172,3 +175,36 @@ def show(value: Any, limit: int = 80) -> str:
         text = repr(value)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_output_file(path: Any, argname: str) -> Path:
+    """``path`` as a ``Path`` to a file that can be written, else a ``ValueError``/``TypeError``.
+
+    Checked before any work: not a folder, no file where a parent folder should be, and the
+    nearest existing folder writable, tried with a real temporary file (``os.access`` says
+    yes to root on read-only places such as ``/proc``). Missing parent folders are fine:
+    writers create them.
+
+    Example:
+        >>> check_output_file("out/result.pt", "path").name
+        'result.pt'
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{argname} must be a file path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{argname}={str(path)!r} is a folder; give a file path such as {str(path / 'result.pt')!r}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{argname}={str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if parent is not None and not _can_create_in(parent):
+        raise ValueError(f"{argname}={str(path)!r}: the folder {str(parent)!r} is not writable")
+    return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

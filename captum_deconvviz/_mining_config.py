@@ -7,8 +7,6 @@ public API documents; the rest of mining reads the config and never re-checks.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from torch import nn
 
 from . import _datasource, _distributed
 from ._checkpoint import shard_path
-from ._checks import check_bool, check_choice, check_device, check_float, check_int
+from ._checks import check_bool, check_choice, check_device, check_float, check_int, check_output_file
 from ._forward import model_device, resolve_layer
 
 __all__ = ["MiningConfig", "Nan", "Unique", "mining_config"]
@@ -203,28 +201,7 @@ def _check_options(
 
 def _check_checkpoint(checkpoint: Any) -> Path | None:
     """The checkpoint path, checked writable now rather than after the first minutes of mining."""
-    if checkpoint is None:
-        return None
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path or None, got {type(checkpoint).__name__}")
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"checkpoint={str(path)!r} is a folder; give a file path such as {str(path / 'mining.pt')!r}")
-    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"checkpoint={str(path)!r}: {str(parent)!r} is a file, not a folder")
-    if parent is not None and not _can_create_in(parent):
-        raise ValueError(f"checkpoint={str(path)!r}: the folder {str(parent)!r} is not writable")
-    return path
-
-
-def _can_create_in(folder: Path) -> bool:
-    """Whether a file can be created in ``folder``: tried for real (``os.access`` says yes to root on /proc)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
+    return None if checkpoint is None else check_output_file(checkpoint, "checkpoint")
 
 
 def _check_shard(shard: Any) -> tuple[int, int]:

@@ -8,7 +8,7 @@ mining device, the moment the layer has run. Memory is O(layers x channels x k).
 from __future__ import annotations
 
 import copy
-import hashlib
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import _datasource, _distributed
 from ._checkpoint import Checkpoint
+from ._fingerprint import dataset_fingerprint, model_fingerprint
 from ._forward import EvalMode, check_dtype, check_model, model_device, split_layer_spec
 from ._mining_config import MiningConfig, Nan, Unique, mining_config
 from ._taps import LayerTaps, layer_activations
@@ -27,30 +28,8 @@ from ._topk import FoldRule, TopKState, nms_kernel
 from .mining_result import MiningResult
 from .receptive_field import ReceptiveField, receptive_field
 
-# layer_activations lives in _taps; it stays importable from here, where it used to be.
+# layer_activations lives in _taps and model_fingerprint in _fingerprint; both stay importable from here.
 __all__ = ["layer_activations", "mine_topk", "model_fingerprint"]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's parameter and buffer names, shapes and values.
-
-    Results and checkpoints carry it, so that merging, resuming or diagnosing with another
-    model (or other weights) is refused.
-
-    Example:
-        >>> model_fingerprint(torch.nn.Linear(2, 2)) == model_fingerprint(torch.nn.Linear(2, 2))  # doctest: +SKIP
-        False
-    """
-    digest = hashlib.sha1()
-    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        if tensor.is_floating_point() or tensor.is_complex():
-            flat = tensor.detach().double().flatten()
-            digest.update(f"{float(flat.sum()):.12e}|{float(flat.abs().sum()):.12e}".encode())
-        else:
-            digest.update(str(int(tensor.detach().double().sum())).encode())
-    return digest.hexdigest()[:16]
 
 
 def mine_topk(
@@ -97,8 +76,8 @@ def mine_topk(
             the result is identical to an uninterrupted run.
         nms_threshold: IoU above which two records of an image conflict (``"nms"``).
         nan: ``"raise"`` (default) stops with an error naming the images whose
-            activations hold NaN; ``"skip"`` ignores NaN activations (counted in
-            ``stats().nan_count``).
+            activations hold NaN or Inf; ``"skip"`` ignores them (counted in
+            ``stats().nan_count``): a record or a mean of inf would look like an answer.
         checkpoint_every: seconds between checkpoint saves.
         num_workers: DataLoader workers for a Dataset.
         verify: re-run the forward pass on every record's image at the end and check
@@ -142,11 +121,16 @@ def mine_topk(
     input_shape = tuple(_datasource.fetch(data, [config.order[0]]).shape[1:])
     work_model = _on_device(model, config.device)
     fingerprint = model_fingerprint(model)
+    data_fingerprint = dataset_fingerprint(data)  # a few images: checked on resume and by the result
     fields, field_errors = _fields(model, config.layers, input_shape)
     identity = config.identity(input_shape, fingerprint)
     if config.distributed:
         _distributed.check_same_config(identity)
-    saver = None if config.checkpoint is None else Checkpoint(config.checkpoint, identity, config.checkpoint_every)
+    saver = (
+        None
+        if config.checkpoint is None
+        else Checkpoint(config.checkpoint, identity, config.checkpoint_every, data_fingerprint)
+    )
     states, start = saver.resume(config.device) if saver is not None else ({}, 0)
     folds = _Folds(states, config.k, _fold_rules(config, fields, field_errors))
     end = _stream(work_model, data, config, folds, start, saver)
@@ -154,6 +138,7 @@ def mine_topk(
         saver.save(states, end)
     _warn_if_short(config, states)
     result = _result(config, states, fields, field_errors, input_shape, fingerprint)
+    result.meta["data_fingerprint"] = data_fingerprint
     if config.distributed:
         result = MiningResult.merge(_distributed.all_gather_results(result))
     if config.verify:
@@ -189,8 +174,35 @@ class _Folds:
     def __call__(self, name: str, acts: Tensor) -> None:
         if name not in self.states:
             _, c, h, w = acts.shape
+            _check_state_memory(name, c, self.k, acts.device)
             self.states[name] = TopKState.empty(c, self.k, h, w, acts.device)
         self.states[name].fold(acts, self.index, self.rules[name], name)
+
+
+#: Bytes per record slot of a top-k state: a float32 value and an int64 key.
+SLOT_BYTES = 12
+
+
+def _check_state_memory(layer: str, channels: int, k: int, device: torch.device) -> None:
+    """Refuse a ``k`` whose top-k state cannot fit in the device's memory, before allocating it.
+
+    The state is ``channels x k`` slots (see :data:`SLOT_BYTES`), allocated at the layer's first
+    batch; ``k=2**40`` used to try to allocate 17 TB there.
+    """
+    need = channels * k * SLOT_BYTES
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound known
+            return
+    if need > free // 2:
+        raise ValueError(
+            f"k={k} needs {need / 2**30:.3g} GiB for the top-k state of layer {layer!r} ({channels} channels x k x "
+            f"{SLOT_BYTES} bytes), more than half of the {free / 2**30:.3g} GiB of {device.type} memory: lower k "
+            "(unique='image' keeps at most one record per image and channel)"
+        )
 
 
 def _stream(

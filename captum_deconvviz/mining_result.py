@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _datasource
+from ._checks import check_float, check_int, check_output_file
 from ._fingerprint import dataset_mismatch
 from ._forward import check_model
 from ._integrity import add_checksum, atomic_save, read_payload
@@ -145,9 +146,9 @@ class MiningResult:
         return self._state(layer)[1].values.shape[0]
 
     def _channel(self, state: TopKState, channel: int) -> int:
-        if not isinstance(channel, int) or not 0 <= channel < state.values.shape[0]:
-            raise ValueError(f"channel must be an int in [0, {state.values.shape[0]}), got {channel!r}")
-        return channel
+        checked = check_int(channel, "channel", minimum=0, maximum=state.values.shape[0] - 1)
+        assert checked is not None  # None is refused: allow_none is off
+        return checked
 
     def records(self, layer: str, channel: int) -> list[Record]:
         """The channel's records, best first (fewer than k if fewer images were mined)."""
@@ -388,6 +389,8 @@ class MiningResult:
             ValueError: ``data`` is not the mined data (see :meth:`check_data`).
             MiningVerificationError: listing the records whose value was not reproduced.
         """
+        check_float(rtol, "rtol", minimum=0.0)
+        check_float(atol, "atol", minimum=0.0)
         self._require_data(data)
         indices = sorted(
             {r.index for layer in self.layers for c in range(self.channels(layer)) for r in self.records(layer, c)}
@@ -487,9 +490,14 @@ class MiningResult:
             ValueError: the results disagree on model, layers, k, uniqueness, input
                 shape or dataset, or hold the same shard twice.
         """
+        if isinstance(results, MiningResult) or not isinstance(results, Sequence):
+            raise TypeError(f"results must be a list of MiningResult, got {type(results).__name__}")
         results = list(results)
         if not results:
-            raise ValueError("merge needs at least one result")
+            raise ValueError("results is empty: merge needs at least one result")
+        for i, result in enumerate(results):
+            if not isinstance(result, MiningResult):
+                raise TypeError(f"results[{i}] must be a MiningResult, got {type(result).__name__}")
         first = results[0]
         for other in results[1:]:
             for what, a, b in (
@@ -556,7 +564,7 @@ class MiningResult:
         Example:
             >>> result.save("result.pt")  # doctest: +SKIP
         """
-        atomic_save(add_checksum(self.to_dict()), Path(path))
+        atomic_save(add_checksum(self.to_dict()), check_output_file(path, "path"))
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain values and CPU tensors: what :meth:`save` writes.

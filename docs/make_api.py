@@ -11,6 +11,7 @@ from pathlib import Path
 
 import captum_deconvviz
 from captum_deconvviz import cropped, data, engine, zoo
+from captum_deconvviz.diagnose import watch_aliasing
 
 SECTIONS = {
     "Attribution (Captum classes)": [
@@ -35,6 +36,7 @@ SECTIONS = {
 }  # fmt: skip
 EXTRA = {
     "Engine": [engine.activation_rule, cropped.cropped_plan],
+    "Diagnostics": [watch_aliasing],
     "Default model and data": [
         zoo.load_default_model,
         zoo.default_transform,
@@ -44,6 +46,7 @@ EXTRA = {
         zoo.ZFNetCIFAR,
         data.ImageFiles,
         data.ZipImages,
+        data.UnreadableImageError,
         data.load_cifar10,
     ],
 }

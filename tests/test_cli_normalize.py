@@ -139,7 +139,7 @@ def test_report_shows_the_choice_and_refuses_a_result_mined_otherwise(
     assert "Input normalization: <b>custom</b> (mean 0, 0, 0; std 1, 1, 1;" in page
     # A result saved before the field existed still loads and reports, with the report's own choice.
     old = MiningResult.load(saved)
-    del old.meta["normalization"]
+    del old.meta["normalization"], old.meta["data_fingerprint"]  # neither was recorded then
     old.save(tmp_path / "old.pt")
     assert "normalization" not in MiningResult.load(tmp_path / "old.pt").meta
     out = tmp_path / "old-report"

@@ -17,19 +17,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captum_deconvviz"
 #: Layer of each module, bottom up (docs/architecture.md). A module may import from its own
 #: layer or below; the import graph must have no cycle.
 LAYERS: dict[int, set[str]] = {
-    1: {"_ops", "_geometry", "_field", "_tables"},
+    1: {"_ops", "_geometry", "_field", "_tables", "_checks", "_guard"},
     2: {"_rule_sets", "engine"},
-    3: {"_forward", "_units", "_taps", "data", "_datasource", "zoo", "zoo.model", "zoo.transforms", "zoo.data"},
+    3: {
+        "_forward", "_units", "_taps", "data", "_datasource", "_fingerprint", "zoo", "zoo.model", "zoo.transforms",
+        "zoo.data",
+    },
     4: {
         "_rf_blocks", "_rf_window", "_rf_index", "_rf_mix", "_rf_local", "_rf_rules", "_rf_graph", "_rf_types",
         "_probe", "receptive_field", "cropped", "_chunks", "projection", "attr",
     },
     5: {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",
-        "_result_cache", "compare", "diagnose", "_diagnose_pass",
+        "_result_cache", "compare", "diagnose", "_diagnose_pass", "_integrity", "_result_io", "_result_checks",
     },
     6: {"viz", "_figures", "_result_figures"},
-    7: {"report", "_report_sections", "cli", "model_loading", "zoo.train"},
+    7: {"report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train"},
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 

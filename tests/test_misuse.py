@@ -250,6 +250,7 @@ MINE_CASES: list[tuple[str, Callable[[Env], dict[str, Any]], str]] = [
     ("k-bool", lambda e: {"k": True}, "k"),
     ("k-float", lambda e: {"k": 2.5}, "k"),
     ("k-string", lambda e: {"k": "9"}, "k"),
+    ("k-huge", lambda e: {"k": 2**40}, "k"),  # once tried to allocate 17 TB
     ("unique-typo", lambda e: {"unique": "images"}, "unique"),
     ("unique-none", lambda e: {"unique": None}, "unique"),
     ("batch-size-zero", lambda e: {"batch_size": 0}, "batch_size"),
@@ -334,6 +335,8 @@ for what, call, names in [
     ("projections-model-string", lambda e: e.result.projections("net", e.data, "features.2", 0), "model"),
     ("verify-rtol-negative", lambda e: e.result.verify(e.model, e.data, rtol=-1.0), "rtol"),
     ("verify-data-shorter", lambda e: e.result.verify(e.model, e.data[:3]), "data"),
+    ("verify-atol-string", lambda e: e.result.verify(e.model, e.data, atol="0"), "atol"),
+    ("save-path-int", lambda e: e.result.save(3), "path"),
     ("save-to-folder", lambda e: e.result.save(e.tmp), "path"),
     ("save-parent-is-file", lambda e: e.result.save(e.tmp / "a_file" / "r.pt"), "path"),
     ("merge-empty", lambda e: MiningResult.merge([]), "results"),

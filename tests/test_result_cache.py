@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 import captum_deconvviz.projection as projection_module
 from captum_deconvviz import MiningResult, NeuronZFDeconvolution, mine_topk
+from captum_deconvviz.mining import model_fingerprint
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample
 
 LAYERS = ["features.4", "features.9"]
@@ -115,6 +116,9 @@ def test_changed_weights_mode_or_model_are_never_served_stale(
     assert result.cache_info()["entries"] >= result.channels(layer)
 
     def fresh_and_changed(stale: Tensor) -> Tensor:
+        with pytest.raises(ValueError, match="not the model this result was mined with"):
+            result.projections(model, images, layer, 2)
+        result.fingerprint = model_fingerprint(model)  # as if mined with the changed model: the cache must see it
         got = result.projections(model, images, layer, 2).images
         torch.testing.assert_close(got, _independent_projection(model, images, result, layer, 2), rtol=1e-5, atol=1e-7)
         assert not torch.allclose(got, stale)
