@@ -54,6 +54,8 @@ def check_int(
         expected = "an integer" + (" or None" if allow_none else "")
         raise TypeError(f"{argname} must be {expected}, got {show(value)} ({type(value).__name__})")
     number = int(value)
+    if minimum is not None and maximum is not None and not minimum <= number <= maximum:
+        raise ValueError(f"{argname} must be in [{minimum}, {maximum}], got {number}")
     if minimum is not None and number < minimum:
         raise ValueError(f"{argname} must be >= {minimum}, got {number}")
     if maximum is not None and number > maximum:

@@ -231,6 +231,6 @@ def test_bad_arguments_are_named(model: nn.Module, images: Tensor, result: Minin
         result.patches(images, "features.4", 0, fill="white")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seed must be"):
         result.projections(model, images, "features.4", 0, seed="ones")
-    with pytest.raises(ValueError, match="channel must be an int"):
+    with pytest.raises(ValueError, match=r"channel must be in \[0, 11\], got 99"):
         result.projections(model, images, "features.4", 99)
     assert result.cache_info()["entries"] == 0
