@@ -82,11 +82,17 @@ def median_times(
     """
     times: dict[str, list[float]] = {name: [] for name in contenders}
     cpu_times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for name, fn in contenders.items():
             start = time.process_time()
             times[name].append(timed(fn)[0])
             cpu_times[name].append(time.process_time() - start)
+            # Each measure as it comes (stderr), so an interrupted run still leaves its numbers.
+            print(
+                f"[repeat {repeat + 1}] {name}: {times[name][-1]:.2f} s wall, {cpu_times[name][-1]:.2f} s CPU",
+                file=sys.__stderr__,
+                flush=True,
+            )
     if cpu is not None:
         cpu.update({name: statistics.median(v) for name, v in cpu_times.items()})
     return {name: statistics.median(v) for name, v in times.items()}
