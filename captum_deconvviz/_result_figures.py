@@ -16,7 +16,20 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ._figures import attribution_cell, blank, deprecated, display_image, finish, new_figure, normalize_projection
+from ._checks import check_bool, check_float
+from ._figures import (
+    attribution_cell,
+    blank,
+    check_cell_style,
+    check_image_function,
+    check_indices,
+    check_type,
+    deprecated,
+    display_image,
+    finish,
+    new_figure,
+    normalize_projection,
+)
 from .compare import ComparisonResult, RandomizationResult
 from .diagnose import NOISE_THRESHOLD, ZF_RADIUS, Diagnosis, FeatureEvolution, track_features
 
@@ -38,7 +51,8 @@ def plot_comparison(
     Args:
         result: a :class:`~captum_deconvviz.ComparisonResult` from
             :func:`~captum_deconvviz.compare_methods`.
-        examples: which examples (default: up to 4).
+        examples: which examples: indices into ``result.inputs`` (negative ones count
+            from the end), or one index; default the first 4.
         method, sign, outlier_perc: passed to Captum's ``visualize_image_attr``.
         display: maps an input to [0, 1] RGB for the first column (default min-max).
         cell_inches: panel size.
@@ -47,11 +61,24 @@ def plot_comparison(
     Returns:
         ``(fig, axes)`` with axes ``[examples, 1 + methods]``.
 
+    Raises:
+        ValueError: an example index out of range; ``method`` or ``sign`` not
+            Captum's (``sign="all"`` cannot mask or scale).
+        TypeError: ``result`` is not a ``ComparisonResult``, ``display`` is not a
+            function, or a number or flag has the wrong type.
+
     Example:
         >>> comparison = compare_methods(model, images, target=labels)  # doctest: +SKIP
         >>> fig, axes = plot_comparison(comparison, display=denormalize, use_pyplot=False)  # doctest: +SKIP
     """
-    rows = list(examples) if examples is not None else list(range(min(4, len(result.inputs))))
+    check_type(result, "result", ComparisonResult, "from compare_methods")
+    count = len(result.inputs)
+    rows = check_indices(examples, "examples", count) if examples is not None else list(range(min(4, count)))
+    check_cell_style(method, sign)
+    check_float(outlier_perc, "outlier_perc", minimum=0.0, below=100.0)
+    check_image_function(display, "display")
+    check_float(cell_inches, "cell_inches", above=0.0)
+    check_bool(use_pyplot, "use_pyplot")
     names = list(result.maps)
     fig = new_figure(use_pyplot, ((len(names) + 1) * cell_inches, len(rows) * cell_inches + 0.3))
     axes = np.array(fig.subplots(len(rows), len(names) + 1, squeeze=False))
@@ -81,16 +108,23 @@ def plot_randomization(
         result: a :class:`~captum_deconvviz.RandomizationResult` from
             :func:`~captum_deconvviz.randomization_test`.
         metrics: one panel per metric (``"spearman"``, ``"spearman_abs"``, ``"ssim"``),
-            one line per method.
+            one line per method; each must be one the result holds.
         use_pyplot: as in Captum.
 
     Returns:
         ``(fig, axes)`` with one axis per metric.
 
+    Raises:
+        ValueError: ``metrics`` is empty or names a metric the result does not hold.
+        TypeError: ``result`` is not a ``RandomizationResult``.
+
     Example:
         >>> test = randomization_test(model, images, target=labels)  # doctest: +SKIP
         >>> fig, axes = plot_randomization(test, use_pyplot=False)  # doctest: +SKIP
     """
+    check_type(result, "result", RandomizationResult, "from randomization_test")
+    metrics = _metric_list(result, metrics)
+    check_bool(use_pyplot, "use_pyplot")
     fig = new_figure(use_pyplot, (4.2 * len(metrics), 3.4))
     axes = np.atleast_1d(np.array(fig.subplots(1, len(metrics))))
     x = np.arange(len(result.steps))
@@ -107,6 +141,21 @@ def plot_randomization(
     fig.tight_layout()
     finish(fig, use_pyplot)
     return fig, axes
+
+
+def _metric_list(result: RandomizationResult, metrics: Any) -> list[str]:
+    """``metrics`` (one name or several) as a non-empty list of metrics every method of ``result`` has."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, Sequence) or not metrics:
+        raise ValueError(f"metrics must be a non-empty list of metric names such as ['spearman_abs', 'ssim'], "
+                         f"got {metrics!r}")  # fmt: skip
+    known = sorted(set.intersection(*(set(curves) for curves in result.similarity.values())) if result.similarity
+                   else set())  # fmt: skip
+    for metric in metrics:
+        if not isinstance(metric, str) or metric not in known:
+            raise ValueError(f"metrics: {metric!r} is not a metric of this result; choose from {known}")
+    return list(metrics)
 
 
 def _first_layer_panels(diagnosis: Diagnosis, rms_ax: Any, frequency_ax: Any) -> None:
@@ -152,9 +201,14 @@ def plot_diagnosis(diagnosis: Diagnosis, use_pyplot: bool = True) -> tuple[Figur
         layer's filter RMS against the ZF radius 0.1, its high-frequency fractions
         against the noise threshold, and the aliased energy of each strided layer.
 
+    Raises:
+        TypeError: ``diagnosis`` is not a ``Diagnosis``.
+
     Example:
         >>> fig, axes = plot_diagnosis(diagnose(model, data), use_pyplot=False)  # doctest: +SKIP
     """
+    check_type(diagnosis, "diagnosis", Diagnosis, "from diagnose")
+    check_bool(use_pyplot, "use_pyplot")
     fig = new_figure(use_pyplot, (13, 3.2))
     axes = np.array(fig.subplots(1, 4))
     names = [layer.name for layer in diagnosis.layers]
@@ -182,18 +236,33 @@ def plot_feature_evolution(
 
     Args:
         evolution: from :func:`~captum_deconvviz.diagnose.track_features`.
-        labels: a column title per checkpoint (e.g. ``"epoch 5"``).
+        labels: a column title per checkpoint (e.g. ``"epoch 5"``), one per checkpoint.
         denormalize: maps images to [0, 1] RGB.
         use_pyplot: as in Captum.
 
     Returns:
         ``(fig, axes)`` with axes ``[channels, checkpoints, 2]`` (projection, patch).
 
+    Raises:
+        ValueError: ``labels`` does not have one title per checkpoint.
+        TypeError: ``evolution`` is not a ``FeatureEvolution``, or ``denormalize`` is
+            not a function.
+
     Example:
         >>> evolution = track_features(checkpoints, data, "features.4", [0, 3])  # doctest: +SKIP
         >>> fig, axes = plot_feature_evolution(evolution, labels=["epoch 1", "epoch 5"])  # doctest: +SKIP
     """
+    check_type(evolution, "evolution", FeatureEvolution, "from track_features")
     channels, count = evolution.channels, len(evolution.patches)
+    if labels is not None:
+        if isinstance(labels, str) or not isinstance(labels, Sequence):
+            raise TypeError(f"labels must be a list of {count} column titles, one per checkpoint, "
+                            f"got {type(labels).__name__}")  # fmt: skip
+        if len(labels) != count:
+            raise ValueError(f"labels has {len(labels)} titles for {count} checkpoints; give one per checkpoint")
+        labels = [str(label) for label in labels]
+    check_image_function(denormalize, "denormalize")
+    check_bool(use_pyplot, "use_pyplot")
     width = count * 1.4 + 0.6
     fig = new_figure(use_pyplot, (width, len(channels) * 0.75 + 0.4))
     axes = np.array(fig.subplots(len(channels), 2 * count, squeeze=False)).reshape(len(channels), count, 2)

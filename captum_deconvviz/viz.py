@@ -16,17 +16,25 @@ written in ``_result_figures`` and exported here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_float, check_int
+from ._checks import check_bool, check_choice, check_float, check_int, show
 from ._figures import (
+    CAPTUM_METHODS,
     attribution_cell,
     blank,
+    check_cell_style,
+    check_cmap,
+    check_finite_values,
+    check_image_function,
+    check_shape,
+    check_type,
     deprecated,
     display_image,
     finish,
@@ -49,7 +57,7 @@ __all__ = [
     "plot_feature_evolution", "plot_filters", "plot_hierarchy", "plot_randomization", "plot_topk",
 ]  # fmt: skip
 
-_CAPTUM_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
+_RESULT_ORIGIN = "from mine_topk or MiningResult.load"
 
 
 # --------------------------------------------------------------------------------------
@@ -68,8 +76,9 @@ def _filter_images(weights: nn.Module | Tensor, sort_by_norm: bool, normalize: s
     if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] not in (1, 3):
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weights).__name__
         raise ValueError(f"weights must be a Conv2d (or weight [F, C, kh, kw]) with 1 or 3 input channels, got {shape}")
-    if normalize not in ("per_filter", "global"):
-        raise ValueError(f"normalize must be 'per_filter' or 'global', got {normalize!r}")
+    check_choice(normalize, "normalize", ("per_filter", "global"))
+    # NaN/Inf filters would draw as blank cells, with nothing to say why.
+    check_finite_values(weight, "weights", "the filters would draw blank; check the checkpoint or the training run")
     weight = weight.detach().float().cpu()
     order = list(range(weight.shape[0]))
     if sort_by_norm:
@@ -111,6 +120,11 @@ def plot_filters(
     Returns:
         ``(fig, axes)``, axes as a 2-d array (rows x ncols); unused cells are hidden.
 
+    Raises:
+        ValueError: ``weights`` hold NaN or Inf (the filters would draw blank) or are on
+            the meta device; a size or choice is out of range.
+        TypeError: a number or flag of the wrong type (``use_pyplot`` must be a bool).
+
     Example:
         >>> from captum_deconvviz.zoo import load_default_model
         >>> fig, axes = plot_filters(load_default_model().features[0], sort_by_norm=True, use_pyplot=False)
@@ -119,6 +133,7 @@ def plot_filters(
     check_int(ncols, "ncols", minimum=1, allow_none=True)
     check_bool(sort_by_norm, "sort_by_norm")
     check_float(cell_inches, "cell_inches", above=0.0)
+    check_bool(use_pyplot, "use_pyplot")
     images = _filter_images(weights, sort_by_norm, normalize)
     ncols = ncols or math.ceil(math.sqrt(len(images)))
     nrows = math.ceil(len(images) / ncols)
@@ -147,21 +162,45 @@ def _topk_projections(
     result: MiningResult,
     data: Any,
     layer: str,
-    channels: int | Sequence[int],
+    channels: list[int],
     projections: Crops | Tensor | None,
     model: nn.Module | None,
+    expected: tuple[int, ...],
 ) -> Tensor:
-    """The projection images ``[channels, k, C, h, w]`` to draw; from ``model`` only in the deprecated spelling."""
+    """The projection images ``[channels, k, C, h, w]`` to draw, checked against the patches' shape ``expected``.
+
+    From ``model`` only in the deprecated spelling.
+    """
     if model is not None:
+        if projections is not None:
+            raise ValueError("plot_topk got both projections and model (deprecated): give only projections")
         deprecated("plot_topk(model=...): pass projections=result.projections(model, data, layer, channels)", 4)
-        if projections is None:
-            projections = result.projections(model, data, layer, channels)
+        projections = result.projections(model, data, layer, channels)
     if projections is None:
         raise ValueError("plot_topk needs projections=result.projections(model, data, layer, channels)")
     images = projections.images if isinstance(projections, Crops) else projections
-    if isinstance(channels, int) and images.dim() == 4:  # result.projections(..., channel) of one channel
+    if isinstance(images, Tensor) and len(channels) == 1 and images.dim() == 4:  # one channel's [k, C, h, w]
         images = images.unsqueeze(0)
+    n, k, c, h, w = expected
+    described = (f"[{n}, k={k}, {c}, {h}, {w}] (the {k} records of each of {n} channel(s), {c} image channels, "
+                 f"{h}x{w} crops: the receptive field of {layer!r})")  # fmt: skip
+    images = check_shape(images, "projections", expected, described)
+    check_finite_values(images, "projections", "NaN/Inf cells would draw blank")
     return images
+
+
+def _channel_list(channels: Any) -> list[Any]:
+    """``channels`` (one or a sequence) as a non-empty list; the result checks each index."""
+    if isinstance(channels, Tensor) and channels.dim() == 0:
+        channels = channels.item()
+    if isinstance(channels, numbers.Integral):
+        return [channels]
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Iterable):
+        raise TypeError(f"channels must be a channel index or a list of them, got {show(channels)}")
+    channel_list = list(channels)
+    if not channel_list:
+        raise ValueError("channels is empty")
+    return channel_list
 
 
 def _projection_drawer(
@@ -257,25 +296,33 @@ def plot_topk(
     Returns:
         ``(fig, axes)``: axes ``[channels, 2, rows, cols]`` (0: projections, 1: patches).
 
+    Raises:
+        ValueError: ``method``, ``sign`` or ``cmap`` is not one Captum or matplotlib
+            knows (``sign`` is checked for every method); ``projections`` is not shaped
+            like the patches ``[channels, k, C, h, w]`` (the message gives both shapes),
+            holds NaN or Inf, or is given together with the deprecated ``model``.
+        TypeError: ``result`` is not a ``MiningResult``, ``denormalize`` is not a
+            function, or a number or flag has the wrong type.
+
     Example:
         >>> projections = result.projections(model, data, "features.9", [3, 17])  # doctest: +SKIP
         >>> fig, axes = plot_topk(result, data, "features.9", [3, 17], projections=projections,
         ...                       use_pyplot=False)  # doctest: +SKIP
         >>> fig.savefig("topk.png", dpi=300)  # doctest: +SKIP
     """
-    if method != "projection" and method not in _CAPTUM_METHODS:
-        raise ValueError(f"method must be 'projection' or one of Captum's {_CAPTUM_METHODS}, got {method!r}")
+    check_type(result, "result", MiningResult, _RESULT_ORIGIN)
+    check_cell_style(method, sign, ("projection", *CAPTUM_METHODS))
+    check_cmap(cmap)
     check_float(outlier_perc, "outlier_perc", minimum=0.0, below=100.0)
     check_float(alpha_overlay, "alpha_overlay", minimum=0.0, maximum=1.0)
     check_float(cell_inches, "cell_inches", above=0.0)
+    check_image_function(denormalize, "denormalize")
     check_bool(titles, "titles")
-    channel_list = [channels] if isinstance(channels, int) else list(channels)
-    if not channel_list:
-        raise ValueError("channels is empty")
+    check_bool(use_pyplot, "use_pyplot")
+    channel_list = _channel_list(channels)
     patches = result.patches(data, layer, channel_list, fill=0.0)
-    shown = _topk_projections(result, data, layer, channels, projections, model)
-    if shown.shape[:2] != patches.images.shape[:2]:
-        raise ValueError(f"projections has shape {tuple(shown.shape)}, expected [{len(channel_list)}, k, ...]")
+    expected = tuple(patches.images.shape)
+    shown = _topk_projections(result, data, layer, channel_list, projections, model, expected)
     rows, cols = grid(result.k)
     per_row, title_rows, gap = min(4, len(channel_list)), (1 if titles else 0), 1  # gap: an empty column
     total_cols = per_row * (2 * cols + gap) - gap
@@ -317,11 +364,25 @@ def hierarchy_channels(
     Channels are ranked by their maximum activation; dead channels (never positive)
     are left out, so a layer may have fewer than ``channels_per_layer``.
 
+    Args:
+        result: a :class:`~captum_deconvviz.MiningResult`.
+        layers: mined layers (one name, or a list); default all, in mining order.
+        channels_per_layer: at most this many channels per layer (>= 1).
+
+    Returns:
+        ``{layer: [channel, ...]}``, strongest first.
+
     Example:
         >>> shown = hierarchy_channels(result, channels_per_layer=4)  # doctest: +SKIP
         >>> projections = {layer: result.projections(model, data, layer, channels)
         ...                for layer, channels in shown.items()}  # doctest: +SKIP
     """
+    check_type(result, "result", MiningResult, _RESULT_ORIGIN)
+    check_int(channels_per_layer, "channels_per_layer", minimum=1)
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is not None and not list(layers):
+        raise ValueError("layers is empty; give None for every mined layer")
     shown = {}
     for layer in list(layers or result.layers):
         maximum = result.stats(layer).maximum
@@ -336,6 +397,45 @@ def _hierarchy_cell(
     top = mosaic([normalize_projection(p, outlier_perc) for p in projections], k)
     bottom = mosaic([display_image(img, denormalize, m) for img, m in zip(crops.images, crops.mask, strict=True)], k)
     return np.concatenate([top, np.ones((1, *top.shape[1:])), bottom])
+
+
+def _hierarchy_inputs(
+    result: MiningResult,
+    data: Any,
+    shown: dict[str, list[int]],
+    projections: Mapping[str, Crops | Tensor] | nn.Module | None,
+    model: nn.Module | None,
+) -> dict[str, tuple[Tensor, Crops]]:
+    """Per layer with live channels: its projections (checked against the patches' shape) and its patches."""
+    if isinstance(projections, nn.Module):  # the old third argument: the model
+        if model is not None:
+            raise ValueError("plot_hierarchy got two models (projections=a model, and model=...): give one; "
+                             "better, projections={layer: result.projections(model, data, layer, ...)}")  # fmt: skip
+        model, projections = projections, None
+    elif model is not None and projections is not None:
+        raise ValueError("plot_hierarchy got both projections and model (deprecated): give only projections")
+    if projections is not None and not isinstance(projections, Mapping):
+        raise TypeError(f"projections must be a dict {{layer: projections}}, got {type(projections).__name__}")
+    if model is not None:
+        deprecated("plot_hierarchy(result, data, model): pass the projections of hierarchy_channels(result)", 4)
+        projections = {layer: result.projections(model, data, layer, alive) for layer, alive in shown.items() if alive}
+    if projections is None:
+        raise ValueError("plot_hierarchy needs projections: {layer: result.projections(model, data, layer, channels)}")
+    cells = {}
+    for layer, alive in shown.items():
+        if not alive:
+            continue
+        crops = result.patches(data, layer, alive)
+        n, k, c, h, w = crops.images.shape
+        described = (f"[{n}, k={k}, {c}, {h}, {w}]: it must hold the {n} channels {alive}, in that order "
+                     "(hierarchy_channels(result) picks them)")  # fmt: skip
+        argname = f"projections[{layer!r}]"
+        if projections.get(layer) is None:
+            raise ValueError(f"{argname} is missing; expected {described}")
+        images = check_shape(projections[layer], argname, tuple(crops.images.shape), described)
+        check_finite_values(images, argname, "NaN/Inf cells would draw blank")
+        cells[layer] = (images, crops)
+    return cells
 
 
 def plot_hierarchy(
@@ -376,30 +476,28 @@ def plot_hierarchy(
     Returns:
         ``(fig, axes)`` with axes ``[channels_per_layer, len(layers)]``.
 
+    Raises:
+        ValueError: a layer's projections are missing, not shaped like its patches, or
+            hold NaN or Inf; ``projections`` and ``model`` are both given;
+            ``channels_per_layer`` < 1.
+        TypeError: ``result`` is not a ``MiningResult``, ``denormalize`` is not a
+            function, or a number or flag has the wrong type.
+
     Example:
         >>> shown = hierarchy_channels(result)  # doctest: +SKIP
         >>> projections = {layer: result.projections(model, data, layer, channels)
         ...                for layer, channels in shown.items()}  # doctest: +SKIP
         >>> fig, axes = plot_hierarchy(result, data, projections, use_pyplot=False)  # doctest: +SKIP
     """
+    check_image_function(denormalize, "denormalize")
+    check_float(outlier_perc, "outlier_perc", minimum=0.0, below=100.0)
+    check_float(cell_inches, "cell_inches", above=0.0)
+    check_bool(use_pyplot, "use_pyplot")
     shown = hierarchy_channels(result, layers, channels_per_layer)
-    if isinstance(projections, nn.Module):
-        model, projections = projections, None
-    if model is not None:
-        deprecated("plot_hierarchy(result, data, model): pass the projections of hierarchy_channels(result)")
-        projections = projections or {
-            layer: result.projections(model, data, layer, alive) for layer, alive in shown.items() if alive
-        }
-    if projections is None:
-        raise ValueError("plot_hierarchy needs projections: {layer: result.projections(model, data, layer, channels)}")
+    cells = _hierarchy_inputs(result, data, shown, projections, model)
     fig = new_figure(use_pyplot, (len(shown) * cell_inches, channels_per_layer * cell_inches * 2 + 0.3))
     axes = np.array(fig.subplots(channels_per_layer, len(shown), squeeze=False))
     for col, (layer, alive) in enumerate(shown.items()):
-        crops = result.patches(data, layer, alive) if alive else None
-        given = projections.get(layer) if alive else None
-        images = given.images if isinstance(given, Crops) else given
-        if alive and (images is None or images.shape[0] != len(alive)):
-            raise ValueError(f"projections[{layer!r}] must hold the {len(alive)} channels {alive}, in that order")
         for row in range(channels_per_layer):
             ax = axes[row, col]
             blank(ax)
@@ -409,7 +507,7 @@ def plot_hierarchy(
                 ax.set_title(f"{layer}{size}", fontsize=8)
             if row >= len(alive):
                 continue
-            assert images is not None and crops is not None  # alive is not empty here
+            images, crops = cells[layer]
             channel = Crops(crops.images[row], crops.mask[row])
             ax.imshow(_hierarchy_cell(images[row], channel, result.k, denormalize, outlier_perc),
                       interpolation="nearest")  # fmt: skip
