@@ -1,6 +1,8 @@
 """Uniform access to what users pass as ``data``: a tensor, a Dataset or a DataLoader.
 
-Records refer to dataset indices, so data must be indexable and iterated in order.
+Records refer to dataset indices, so data must be indexable and iterated in order. A
+dataset whose ``__len__`` promises more items than ``dataset[i]`` gives is named as
+such (a ``ValueError`` with the index and the length), not left as its own IndexError.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+
+from ._guard import check_dense
 
 __all__ = ["batches", "check_data", "fetch", "length"]
 
@@ -21,6 +25,9 @@ def check_data(data: Any, argname: str = "data") -> None:
             raise ValueError(
                 f"{argname} must be a tensor [N, C, H, W] (or a Dataset/DataLoader), got {tuple(data.shape)}"
             )
+        check_dense(data, argname)
+        if data.is_complex():  # refused before its fingerprint silently drops the imaginary part
+            raise TypeError(f"{argname} must be a real floating-point tensor (images), got {data.dtype}")
         return
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, IterableDataset):
@@ -48,7 +55,33 @@ def _image_of(item: Any, index: int) -> Tensor:
             f"data[{index}] gives a {type(image).__name__}, not a tensor: give the dataset a transform that "
             "returns tensors (e.g. captum_deconvviz.zoo.default_transform())"
         )
+    check_dense(image, f"data[{index}]")
     return image
+
+
+def _item(dataset: Any, index: int) -> Any:
+    """``dataset[index]``; an IndexError or KeyError there means ``len(dataset)`` promised too much."""
+    try:
+        return dataset[index]
+    except (IndexError, KeyError) as err:
+        raise ValueError(
+            f"data[{index}] raised {type(err).__name__}: {' '.join(str(err).split())} although len(data) is "
+            f"{len(dataset)}: the dataset's __len__ must count exactly the items it holds"
+        ) from None
+
+
+class _Items(Dataset):
+    """The items of ``dataset`` at ``indices``, in order, fetched by :func:`_item`."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Any:
+        index = self.indices[position]
+        return index, _item(self.dataset, index)
 
 
 def fetch(data: Any, indices: Tensor | list[int]) -> Tensor:
@@ -57,7 +90,7 @@ def fetch(data: Any, indices: Tensor | list[int]) -> Tensor:
     if isinstance(data, Tensor):
         return data[indices]
     dataset = data.dataset if isinstance(data, DataLoader) else data
-    images = [_image_of(dataset[i], i) for i in indices]
+    images = [_image_of(_item(dataset, i), i) for i in indices]
     return _stack(images, indices[0] if indices else 0)
 
 
@@ -71,8 +104,8 @@ def _stack(images: list[Tensor], first: int) -> Tensor:
     return torch.stack(images)
 
 
-def _collate(items: list[Any]) -> Tensor:
-    return _stack([_image_of(item, i) for i, item in enumerate(items)], 0)
+def _collate(items: list[tuple[int, Any]]) -> Tensor:
+    return _stack([_image_of(item, index) for index, item in items], items[0][0] if items else 0)
 
 
 def batches(
@@ -99,7 +132,7 @@ def batches(
         return
     dataset = data.dataset if isinstance(data, DataLoader) else data
     loader = DataLoader(
-        Subset(dataset, indices),
+        _Items(dataset, indices),
         batch_size=(data.batch_size or 1) if isinstance(data, DataLoader) else batch_size,
         num_workers=data.num_workers if isinstance(data, DataLoader) else num_workers,
         collate_fn=_collate,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import _datasource
 from ._checks import check_int
 from ._forward import EvalMode, StopForward, eager_compiled, resolve_layer
+from ._guard import check_finite
 from .mining import model_fingerprint
 from .mining_result import MiningResult
 
@@ -196,7 +197,9 @@ def stream(
     bar = tqdm(total=_datasource.length(data), disable=not progress, unit="img", desc="diagnosing")
     try:
         with torch.no_grad(), EvalMode(model), eager_compiled():
-            for _, images in _datasource.batches(data, batch_size):
+            for indices, images in _datasource.batches(data, batch_size):
+                # A NaN image scores aliasing 0 and counts as inactive: a clean-looking diagnosis of nothing.
+                check_finite(images, "data", "pixel values", rows=indices.tolist(), hint=_NON_FINITE_HINT)
                 pending.clear()
                 pending.update(wanted)
                 with contextlib.suppress(StopForward):
@@ -212,6 +215,12 @@ def stream(
     return active, {name: value / max(count, 1) for name, value in energy.items()}, count
 
 
+_NON_FINITE_HINT = (
+    "their aliasing scores and activity would be computed from NaN and read as clean numbers; fix or drop "
+    "those images (the rows are dataset indices)"
+)
+
+
 def stride_of(module: nn.Module) -> tuple[int, int] | None:
     """The 2-d stride of a conv or pool module, if it strides (None for stride 1 or no stride)."""
     stride = getattr(module, "stride", None)
@@ -224,7 +233,7 @@ def stride_of(module: nn.Module) -> tuple[int, int] | None:
 def check_arguments(
     model: nn.Module,
     data: Any,
-    layers: Sequence[str] | None,
+    layers: str | nn.Module | Sequence[str | nn.Module] | None,
     batch_size: int,
     max_images: int | None,
     result: MiningResult | None,
@@ -237,9 +246,15 @@ def check_arguments(
             for name, m in model.named_modules()
             if isinstance(m, nn.Conv2d) or (isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and stride_of(m) is not None)
         ]
-    names = [resolve_layer(model, layer, argname="layers")[0] for layer in layers]
-    if not names:
-        raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
+        if not layers:
+            raise ValueError("the model has no Conv2d or strided pooling layer to diagnose")
+    elif isinstance(layers, (str, nn.Module)):
+        layers = [layers]  # one layer, as mine_topk takes it (a string is not a list of its letters)
+    elif not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be a layer name, a module, or a list of them, got {type(layers).__name__}")
+    elif not layers:
+        raise ValueError("layers is empty: name at least one layer to diagnose, or pass None for every Conv2d")
+    names = [resolve_layer(model, layer, argname=f"layers[{i}]")[0] for i, layer in enumerate(layers)]
     check_int(batch_size, "batch_size", minimum=1)
     check_int(max_images, "max_images", minimum=1, allow_none=True)
     total = _datasource.length(data)
@@ -273,7 +288,10 @@ class AliasingWatch:
     reaches it, batch by batch, over the first ``max_images`` images, exactly as
     :func:`stream` would with the same batch size. Layers that mining's forward never
     reaches (it stops after the deepest mined layer), or images it did not see (a resumed
-    run), are left for :func:`stream`: :meth:`complete` says which layers are done.
+    run), are left for :func:`stream`: :meth:`complete` says which layers are done. So is a
+    layer whose input held NaN or Inf (mining with ``nan="skip"`` runs such images): its
+    score would be a clean-looking number computed from nothing, and :func:`stream` refuses
+    the images by their indices.
 
     A strided layer past the point where mining stops can still be scored when its input is
     the very tensor another module returned (``features.10``, a max-pool, takes what
@@ -309,6 +327,7 @@ class AliasingWatch:
         self.seen: Counter[str] = Counter()
         self.energy: dict[str, Tensor] = {}
         self.fired: set[str] = set()
+        self.non_finite: set[str] = set()  # layers that were given NaN or Inf: never complete
         self.handles: list[Any] = []
 
     def __enter__(self) -> AliasingWatch:
@@ -338,6 +357,9 @@ class AliasingWatch:
                 return  # a module called again in the same forward: its first call counts
             self.fired.add(name)
             x = (inputs[0] if layer is None else output)[: self.take]
+            if not bool(torch.isfinite(x).all()):
+                self.non_finite.add(name)
+                return
             score = self.scores[name](module if layer is None else layer, x) * len(x)
             self.energy[name] = self.energy[name] + score if name in self.energy else score
             self.seen[name] += len(x)
@@ -348,7 +370,11 @@ class AliasingWatch:
         """The mean score of each layer that saw all ``wanted`` images."""
         if self.images != self.wanted:
             return {}
-        return {name: self.energy[name] / self.wanted for name in self.scores if self.seen[name] == self.wanted}
+        return {
+            name: self.energy[name] / self.wanted
+            for name in self.scores
+            if self.seen[name] == self.wanted and name not in self.non_finite
+        }
 
     def record(self, result: MiningResult, batch_size: int) -> None:
         """Keep the complete scores in ``result.meta["aliasing"]``, where :func:`diagnose` finds them.

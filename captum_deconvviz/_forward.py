@@ -20,7 +20,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from ._checks import show
-from ._guard import EvalMode, explain_shape_errors
+from ._guard import EvalMode, check_dense, explain_call_errors, explain_shape_errors
 
 __all__ = [
     "EvalMode",
@@ -172,16 +172,37 @@ def describe_choices(value: Any, layer: str) -> str:
     return layer
 
 
-def check_model(model: Any, argname: str = "model") -> nn.Module:
-    """Return ``model`` if it is an ``nn.Module`` the engine can see, else raise."""
+def check_model(model: Any, argname: str = "model", needs_values: bool = True) -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module`` the engine can see, else raise.
+
+    Refused: anything not a module; ``DataParallel`` wrappers; TorchScript modules (the
+    engine routes the ops of the Python ``forward``, which a scripted module no longer
+    runs); and, with ``needs_values``, models whose parameters or buffers are on the
+    ``meta`` device (shapes only: the receptive-field analysis takes them, nothing else
+    can compute on them). ``torch.compile`` wrappers are unwrapped.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"{argname} must be a torch.nn.Module, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            what = argname if not name else f"{argname}.{name}"
+            raise TypeError(
+                f"{what} is a TorchScript module: the DeconvNet engine needs the eager module (its Python "
+                "forward); pass the nn.Module you scripted"
+            )
     model = unwrap_compiled(model)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError(
             f"{argname} is a {type(model).__name__}: its replicas run in other threads, where the "
             f"DeconvNet engine cannot route their ops. Pass {argname}.module instead."
         )
+    if needs_values:
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            if tensor.is_meta:
+                raise ValueError(
+                    f"{argname} holds no values (meta device): {name} is on meta, which keeps shapes only; "
+                    f"load its weights first, e.g. {argname}.to_empty(device='cpu') then load_state_dict"
+                )
     return model
 
 
@@ -260,12 +281,16 @@ def format_inputs(inputs: Any, model: nn.Module | None = None, argname: str = "i
         where = argname if len(items) == 1 and not isinstance(inputs, tuple) else f"{argname}[{i}]"
         if not isinstance(item, Tensor):
             raise TypeError(f"{where} must be a torch.Tensor, got {type(item).__name__}")
-        if not (item.is_floating_point() or item.is_complex()):
+        if item.layout != torch.strided:
+            check_dense(item, where)
+        if not item.is_floating_point():
+            # Complex too: a ReLU, a max-pool and its switches have no complex meaning.
+            real = " (real: ReLU and max-pooling are undefined on complex numbers)" if item.is_complex() else ""
             raise TypeError(
-                f"{where} must be a floating-point tensor to take gradients, got {item.dtype}; "
+                f"{where} must be a floating-point tensor to take gradients{real}, got {item.dtype}; "
                 "convert it, e.g. with .float()"
             )
-        if item.is_floating_point() and model is not None:
+        if model is not None:
             check_dtype(item, model, where)
         if item.dim() == 0:
             raise ValueError(f"{where} must have a batch dimension, got a scalar")
@@ -280,6 +305,7 @@ def format_inputs(inputs: Any, model: nn.Module | None = None, argname: str = "i
                 f"{where} is on {item.device} but the model is on {device}; move one of them, "
                 f"e.g. {argname}.to({str(device)!r})"
             )
+        check_dense(item, where)  # on meta with a model that is too, or with no model given
     return tuple(items)
 
 
@@ -317,9 +343,16 @@ def run_forward(
 ) -> Any:
     """Run the model as Captum does (inputs first, then the additional arguments).
 
-    A torch shape error inside becomes a ``ValueError`` naming ``argname`` (:func:`explain_shape_errors`).
+    A torch shape error inside becomes a ``ValueError`` naming ``argname`` (:func:`explain_shape_errors`);
+    a forward that cannot take these arguments, a ``TypeError`` naming ``additional_forward_args``
+    (:func:`explain_call_errors`).
     """
-    with explain_shape_errors(model, argname, inputs[0].shape if inputs else ()), eager_compiled():
+    shape = inputs[0].shape if inputs else ()
+    with (
+        explain_call_errors(argname, additional_forward_args),
+        explain_shape_errors(model, argname, shape),
+        eager_compiled(),
+    ):
         return _run_forward(model, inputs, None, additional_forward_args)
 
 

@@ -7,6 +7,11 @@ finite numbers, and shape errors that name the argument.
   ``forward``) finds it as it was. Only buffers are copied, never parameters.
 - :func:`check_finite` refuses NaN and Inf where a result built on them would look
   clean (a DeconvNet projection of a NaN output is zeros, not NaN).
+- :func:`check_dense` refuses tensors with no values to compute on: sparse ones, and
+  ones on the ``meta`` device (shapes only).
+- :func:`explain_call_errors` turns Python's "forward() takes 2 positional arguments
+  but 3 were given", raised binding the model's own call, into a ``TypeError`` that names
+  ``additional_forward_args``; a ``TypeError`` from inside the model's body passes as it is.
 - :func:`explain_shape_errors` turns torch's shape errors inside a forward pass into a
   ``ValueError`` that names the argument, its shape and what the model's first layer
   expects, instead of ``mat1 and mat2 shapes cannot be multiplied`` from deep inside.
@@ -14,7 +19,9 @@ finite numbers, and shape errors that name the argument.
 
 from __future__ import annotations
 
+import os
 import re
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EvalMode", "check_finite", "explain_shape_errors"]
+__all__ = ["EvalMode", "check_dense", "check_finite", "explain_call_errors", "explain_shape_errors"]
 
 
 class EvalMode:
@@ -101,6 +108,90 @@ def check_finite(
         f"{argname} holds {count} non-finite {what} ({kinds}) in rows [{shown}]: "
         + (hint or "a projection of them would look clean but mean nothing; fix or drop those rows")
     )
+
+
+def check_dense(tensor: Tensor, argname: str) -> None:
+    """Refuse a tensor that holds no values to compute on: sparse (or another non-strided
+    layout), or on the ``meta`` device.
+
+    Args:
+        tensor: the tensor.
+        argname: what it is, for the message.
+
+    Raises:
+        TypeError: ``tensor`` is not a dense (strided) tensor.
+        ValueError: ``tensor`` is on the meta device.
+
+    Example:
+        >>> check_dense(torch.ones(2, 3), "inputs")
+    """
+    if tensor.layout != torch.strided:
+        raise TypeError(
+            f"{argname} must be a dense tensor, got a {str(tensor.layout).removeprefix('torch.')} one; "
+            f"convert it with {argname}.to_dense()"
+        )
+    if tensor.is_meta:
+        raise ValueError(
+            f"{argname} holds no values: it is on meta (the meta device keeps shapes only); pass the real tensor"
+        )
+
+
+# Python's messages for a call whose arguments the function's signature cannot bind.
+_SIGNATURE_ERRORS = re.compile(
+    r"\bforward\(\) (takes|missing \d+ required|got an unexpected keyword argument|got multiple values)"
+)
+# Files whose frames stand between the caller and the model's forward: its call, not its body.
+_CALL_FILES = (
+    os.path.join("torch", "nn", "modules", "module.py"),
+    os.path.join("captum", "_utils", "common.py"),
+    os.path.join("captum_deconvviz", "_guard.py"),
+    os.path.join("captum_deconvviz", "_forward.py"),
+)
+
+
+def _binding_error(err: TypeError) -> bool:
+    """Whether ``err`` was raised binding the arguments of the model's own ``forward``.
+
+    Python raises those at the call, so no frame of the forward's body is in the
+    traceback: every frame is the call machinery (``Module.__call__``, Captum's
+    ``_run_forward``, ours). A ``TypeError`` from inside the body has a frame there.
+    """
+    if not _SIGNATURE_ERRORS.search(str(err)):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return all(frame.filename.endswith(_CALL_FILES) for frame in frames)
+
+
+@contextmanager
+def explain_call_errors(argname: str, additional_forward_args: Any) -> Iterator[None]:
+    """Turn a ``TypeError`` raised binding the model's ``forward`` call into one naming the arguments.
+
+    The model is called as ``model(*inputs, *additional_forward_args)``; a forward that
+    takes other arguments fails with Python's ``Net.forward() takes 2 positional
+    arguments but 3 were given`` from inside torch. Only that binding error is
+    translated (see :func:`_binding_error`); one raised in the model's body passes.
+
+    Args:
+        argname: the argument the inputs came from.
+        additional_forward_args: what the caller passed as further arguments.
+
+    Example:
+        >>> with explain_call_errors("inputs", None):  # doctest: +SKIP
+        ...     model(x)
+    """
+    try:
+        yield
+    except TypeError as err:
+        if not _binding_error(err):
+            raise
+        extra = " ".join(repr(additional_forward_args).split())
+        extra = extra if len(extra) <= 60 else extra[:57] + "..."
+        raise TypeError(
+            f"the model's forward does not take the arguments it was called with, "
+            f"model(*{argname}, *additional_forward_args) with additional_forward_args={extra} "
+            f"({' '.join(str(err).split())}): pass in additional_forward_args exactly the further "
+            "arguments of the model's forward"
+        ) from None
 
 
 # torch's messages for a forward pass that cannot take an input of this shape.

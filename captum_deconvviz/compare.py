@@ -29,7 +29,7 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from ._checks import check_int
+from ._checks import check_int, show
 from ._forward import EvalMode, check_model, check_target, format_inputs, resolve_layer, run_forward
 from ._guard import check_finite, explain_shape_errors
 from ._tables import to_markdown
@@ -365,7 +365,8 @@ def randomization_test(
             weights (``reset_parameters``), from the output back to the input.
         random_state: seeds the re-initialization (step ``i`` uses ``random_state + i``).
         seed: deprecated spelling of ``random_state`` (``seed`` names the projection seed,
-            ``"activation"`` or ``"one"``, elsewhere in the package).
+            ``"activation"`` or ``"one"``, elsewhere in the package); refused together
+            with another ``random_state``.
 
     Returns:
         A :class:`RandomizationResult`; :func:`~captum_deconvviz.plot_randomization`
@@ -378,6 +379,13 @@ def randomization_test(
         >>> print(test.table())  # doctest: +SKIP
     """
     if seed is not None:
+        check_int(seed, "seed")
+        check_int(random_state, "random_state")
+        if int(random_state) not in (0, int(seed)):  # 0 is the default: only then is seed= the one given
+            raise ValueError(
+                f"random_state={show(random_state)} and seed={show(seed)} both given: seed is the deprecated "
+                "spelling of random_state; pass random_state only"
+            )
         message = (
             "randomization_test(seed=...) is deprecated and will be removed in the next release: use random_state="
         )

@@ -41,7 +41,7 @@ from ._diagnose_pass import (
     stream,
     stride_of,
 )
-from ._forward import check_model
+from ._forward import check_model, resolve_layer
 from ._tables import to_html, to_markdown
 from .mining import mine_topk
 from .mining_result import Crops, MiningResult
@@ -225,7 +225,7 @@ def _dense_response(module: nn.Module, inputs: Tensor) -> Tensor:
 def diagnose(
     model: nn.Module,
     data: Any,
-    layers: Sequence[str] | None = None,
+    layers: str | nn.Module | Sequence[str | nn.Module] | None = None,
     batch_size: int = 64,
     max_images: int | None = 1000,
     progress: bool = False,
@@ -245,8 +245,8 @@ def diagnose(
     Args:
         model: the network (not modified; runs in eval mode).
         data: images as :func:`~captum_deconvviz.mine_topk` takes them.
-        layers: ``Conv2d`` (and pooling) module names; default every ``Conv2d``
-            and every strided pooling layer.
+        layers: ``Conv2d`` (and pooling) modules or their names, or one of them;
+            default every ``Conv2d`` and every strided pooling layer.
         batch_size: images per forward pass.
         max_images: use at most this many images (None: all) in the pass.
         progress: show a progress bar.
@@ -261,7 +261,8 @@ def diagnose(
 
     Raises:
         ValueError: ``result`` was mined with another model or weights, or on data of
-            another length, or holds one shard only.
+            another length, or holds one shard only; ``data`` holds NaN or Inf (the
+            message gives the dataset indices of those images).
 
     Example:
         >>> from captum_deconvviz.zoo import load_default_model, default_sample
@@ -379,10 +380,23 @@ def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: It
     Args:
         model: modified in place (the trailing underscore says so).
         radius: the RMS cap (ZF: 0.1).
-        layers: the modules to treat; default every ``Conv2d`` of ``model``.
+        layers: the modules to treat, submodules of ``model``; default every ``Conv2d``
+            of ``model``.
 
     Returns:
         How many filters were renormalized.
+
+    Raises:
+        TypeError: an entry of ``layers`` is not a convolution module.
+        ValueError: an entry of ``layers`` is not a submodule of ``model`` (its filters
+            would change and the count would describe another model).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0)
+        >>> renormalize_filters_(net, radius=0.1)
+        4
     """
     model = check_model(model)
     radius = check_float(radius, "radius", above=0.0)
@@ -393,15 +407,25 @@ def renormalize_filters_(model: nn.Module, radius: float = ZF_RADIUS, layers: It
         for i, module in enumerate(layers):
             if not isinstance(module, nn.modules.conv._ConvNd):
                 raise TypeError(f"layers[{i}] must be a convolution module, got {type(module).__name__}")
-            chosen.append(module)
+            try:
+                _, own = resolve_layer(model, module)
+            except ValueError:
+                raise ValueError(
+                    f"layers[{i}] is a {type(module).__name__} that is not a submodule of model: its filters would "
+                    "change, not the model's; pass convolutions of model itself (e.g. model.features[0])"
+                ) from None
+            chosen.append(own)  # type: ignore[arg-type]
     count = 0
     with torch.no_grad():
         for conv in chosen:
             weight: Tensor = conv.weight
             rms = filter_rms(weight)
-            scale = torch.where(rms > radius, radius / rms, torch.ones_like(rms))
+            # A filter scaled to the radius comes back a rounding error above it: it is at the radius,
+            # and a second call (renormalize_after_step's next step) must neither count nor scale it.
+            over = rms > radius * (1 + 4 * torch.finfo(weight.dtype).eps)
+            scale = torch.where(over, radius / rms, torch.ones_like(rms))
             weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
-            count += int((rms > radius).sum())
+            count += int(over.sum())
     return count
 
 
@@ -463,14 +487,26 @@ def track_features(
     """
     if isinstance(checkpoints, nn.Module) or not isinstance(checkpoints, Sequence) or not checkpoints:
         raise ValueError("checkpoints must be a non-empty list of models (the training checkpoints, in order)")
+    not_a_list = isinstance(channels, Tensor) and channels.dim() != 1
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Iterable) or not_a_list:
+        raise TypeError(f"channels must be a list of channel indices, got {type(channels).__name__}")
+    channels = list(channels)
+    if not channels:
+        raise ValueError("channels is empty: name at least one channel to follow")
     for i, model in enumerate(checkpoints):
-        check_model(model, f"checkpoints[{i}]")
+        model = check_model(model, f"checkpoints[{i}]")
+        try:
+            resolve_layer(model, layer)
+        except ValueError as err:  # each checkpoint must have the layer: one architecture
+            raise ValueError(
+                f"checkpoints[{i}] has no layer {layer!r} ({err}): pass checkpoints of one architecture"
+            ) from None
     patches, projections = [], []
     for model in checkpoints:
         result = mine_topk(model, layer, data, k=1, progress=False)
-        patches.append(result.patches(data, layer, list(channels)))
-        projections.append(result.projections(model, data, layer, list(channels)))
-    return FeatureEvolution(layer, list(channels), patches, projections)
+        patches.append(result.patches(data, layer, channels))
+        projections.append(result.projections(model, data, layer, channels))
+    return FeatureEvolution(layer, [int(c) for c in channels], patches, projections)
 
 
 if TYPE_CHECKING:  # deprecated; installed by viz: plot_feature_evolution(track_features(...), ...)

@@ -187,7 +187,10 @@ class MiningResult:
             return list(range(state.values.shape[0])), False
         if isinstance(channels, int):
             return [self._channel(state, channels)], True
-        return [self._channel(state, int(c)) for c in channels], False
+        selection = [self._channel(state, c) for c in channels]
+        if not selection:
+            raise ValueError("channel is empty: pass a channel, a non-empty list of channels, or None for all")
+        return selection, False
 
     def patches(self, data: Any, layer: str, channel: int | Sequence[int] | None = None, fill: float = 0.0) -> Crops:
         """The input patches under the records' receptive fields.
@@ -520,7 +523,10 @@ class MiningResult:
                     raise ValueError(f"cannot merge results mined on different data: one data {reason}")
         ranks = [rank for r in results for rank in r._shards()[1]]
         if len(set(ranks)) != len(ranks):
-            raise ValueError(f"cannot merge: shard(s) {sorted({x for x in ranks if ranks.count(x) > 1})} appear twice")
+            twice = sorted({x for x in ranks if ranks.count(x) > 1})
+            raise ValueError(
+                f"results holds shard(s) {twice} twice (the same result given twice?): merge each shard once"
+            )
         states = {}
         for name in first.layers:
             merged = first._states[name].to("cpu")
@@ -602,6 +608,7 @@ class MiningResult:
             The result (its crop cache empty).
 
         Raises:
+            TypeError: ``path`` is not a path.
             FileNotFoundError: no file at ``path``.
             ValueError: the file is truncated, damaged (its checksum does not match), not
                 a saved result, or inconsistent; the message names the file.
@@ -609,6 +616,8 @@ class MiningResult:
         Example:
             >>> result = MiningResult.load("result.pt")  # doctest: +SKIP
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
         payload = read_payload(Path(path), RESULT_FORMAT, "saved MiningResult", RESULT_KEYS, set())
         try:
             return cls.from_dict(payload)

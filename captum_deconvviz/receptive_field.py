@@ -208,7 +208,7 @@ def receptive_field(
         >>> rf.size, rf.stride, rf.offset
         ((212, 212), (32, 32), (-90, -90))
     """
-    model = check_model(model)
+    model = check_model(model, needs_values=False)  # shapes suffice: a meta-device model is analysed
     name, _ = resolve_layer(model, layer)
     input_shape = check_input_shape(input_shape)
     if method not in ("analytic", "probe"):
@@ -253,7 +253,7 @@ def receptive_field_table(model: nn.Module, input_shape: Sequence[int]) -> Recep
         >>> import torchvision
         >>> print(receptive_field_table(torchvision.models.alexnet(), (3, 224, 224))[:2])  # doctest: +SKIP
     """
-    model = check_model(model)
+    model = check_model(model, needs_values=False)  # shapes suffice: a meta-device model is analysed
     input_shape = check_input_shape(input_shape)
     analysis = _rf_graph.analyse(model, input_shape)
     modules = dict(model.named_modules())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,44 @@ BAD_INPUTS: dict[str, Callable[[], Any]] = {
     "inf": lambda: nan_images(value=float("inf")),
     "meta-device": lambda: torch.randn(2, *IMAGE, device="meta"),
     "scalar": lambda: torch.tensor(1.0),
+    "complex64": lambda: torch.randn(2, *IMAGE, dtype=torch.complex64),
+    "sparse": lambda: torch.randn(2, *IMAGE).to_sparse(),
 }
+
+
+def scripted() -> nn.Module:
+    """The net as TorchScript: the engine cannot see inside it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, not gone
+        return torch.jit.script(Net().eval())
+
+
+def scripted_features() -> nn.Module:
+    """An eager net whose ``features`` are TorchScript."""
+    model = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.features = torch.jit.script(model.features)
+    return model
+
+
+def meta_net() -> nn.Module:
+    """The net on the meta device: shapes, no values."""
+    return Net().to("meta")
+
+
+class LyingDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``__len__`` says 20, it holds 12 images."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.data[index]
+
 
 for cls in (ZFDeconvolution, EngineGuidedBackprop):
     tag = cls.__name__
@@ -152,6 +190,15 @@ for cls in (ZFDeconvolution, EngineGuidedBackprop):
     case(f"{tag}-activations", lambda e, c=cls: c(e.model, activations="bogus"), "activations")
     case(f"{tag}-model-function", lambda e, c=cls: c(lambda x: x), "model")
     case(f"{tag}-model-none", lambda e, c=cls: c(None), "model")
+    case(f"{tag}-model-scripted", lambda e, c=cls: c(scripted()).attribute(e.x, target=0), "TorchScript", TypeError)
+    case(f"{tag}-model-scripted-part", lambda e, c=cls: c(scripted_features()), "model.features", TypeError)
+    case(f"{tag}-model-meta", lambda e, c=cls: c(meta_net()).attribute(e.x, target=0), "model", ValueError)
+    case(
+        f"{tag}-additional-forward-args-unwanted",
+        lambda e, c=cls: c(e.model).attribute(e.x, target=0, additional_forward_args=(1,)),
+        "additional_forward_args",
+        TypeError,
+    )
 
 for cls in (NeuronZFDeconvolution, NeuronEngineGuidedBackprop):
     tag = cls.__name__
@@ -177,6 +224,13 @@ for cls in (NeuronZFDeconvolution, NeuronEngineGuidedBackprop):
             lambda e, c=cls, m=BAD_INPUTS[what]: c(e.model, "features.2").attribute(m(), (0, 0, 0)),
             "inputs",
         )
+    case(f"{tag}-model-scripted", lambda e, c=cls: c(scripted(), "features.2"), "model", TypeError)
+    case(
+        f"{tag}-additional-forward-args-unwanted",
+        lambda e, c=cls: c(e.model, "features.2").attribute(e.x, (0, 0, 0), additional_forward_args=(1,)),
+        "additional_forward_args",
+        TypeError,
+    )
     case(
         f"{tag}-attribute-to-neuron-input-string",
         lambda e, c=cls: c(e.model, "features.2").attribute(e.x, (0, 0, 0), attribute_to_neuron_input="yes"),
@@ -202,6 +256,8 @@ for what, kwargs, names in [
     ("inputs-one-channel", {"inputs": BAD_INPUTS["one-channel"]()}, "inputs"),
     ("inputs-nan", {"inputs": nan_images()}, "inputs"),
     ("inputs-inf", {"inputs": nan_images(value=float("-inf"))}, "inputs"),
+    ("inputs-complex", {"inputs": BAD_INPUTS["complex64"]()}, "inputs"),
+    ("inputs-sparse", {"inputs": BAD_INPUTS["sparse"]()}, "dense"),
     ("seed", {"seed": "ones"}, "seed"),
     ("rules", {"rules": "deconv"}, "rules"),
     ("activations", {"activations": "relu"}, "activations"),
@@ -295,7 +351,14 @@ MINE_CASES: list[tuple[str, Callable[[Env], dict[str, Any]], str]] = [
     ("data-nan", lambda e: {"data": nan_images((4, *IMAGE))}, "data"),
     ("data-inf", lambda e: {"data": nan_images((4, *IMAGE), float("inf"))}, "data"),
     ("data-shuffled-loader", lambda e: {"data": DataLoader(e.data, shuffle=True)}, "data"),
+    ("data-complex", lambda e: {"data": e.data.to(torch.complex64)}, "data"),
+    ("data-sparse", lambda e: {"data": e.data.to_sparse()}, "dense"),
+    ("data-meta", lambda e: {"data": e.data.to("meta")}, "data holds no values"),
+    ("data-meta-items", lambda e: {"data": LyingDataset(e.data.to("meta"))}, "data[0] holds no values"),
+    ("data-len-lies", lambda e: {"data": LyingDataset(e.data)}, "len(data) is 20"),
     ("model-function", lambda e: {"model": lambda x: x}, "model"),
+    ("model-scripted", lambda e: {"model": scripted()}, "TorchScript"),
+    ("model-meta", lambda e: {"model": meta_net()}, "model holds no values"),
 ]
 for what, make_kwargs, names in MINE_CASES:
     errors: Errors = (*VALUE_OR_TYPE, FloatingPointError) if what.startswith("data-") else VALUE_OR_TYPE
@@ -341,6 +404,12 @@ for what, call, names in [
     ("save-parent-is-file", lambda e: e.result.save(e.tmp / "a_file" / "r.pt"), "path"),
     ("merge-empty", lambda e: MiningResult.merge([]), "results"),
     ("merge-not-results", lambda e: MiningResult.merge([e.result, 3]), "results"),
+    ("merge-same-twice", lambda e: MiningResult.merge([e.result, e.result]), "results"),
+    ("patches-channel-empty", lambda e: e.result.patches(e.data, "features.2", []), "channel is empty"),
+    ("patches-channel-float-in-list", lambda e: e.result.patches(e.data, "features.2", [0, 1.5]), "channel"),
+    ("projections-model-meta", lambda e: e.result.projections(meta_net(), e.data, "features.2", 0), "model"),
+    ("projections-model-scripted", lambda e: e.result.projections(scripted(), e.data, "features.2", 0), "model"),
+    ("load-none", lambda e: MiningResult.load(None), "path"),
 ]:
     case(f"MiningResult.{what}", call, names)
 
@@ -402,12 +471,17 @@ for what, kwargs, names in [
     ("random-state-string", {"random_state": "0"}, "random_state"),
     ("inputs-nan", {"inputs": nan_images()}, "inputs"),
     ("target-missing", {"target": None}, "target"),
+    ("seed-and-random-state", {"random_state": 1, "seed": 2}, "random_state=1 and seed=2"),
+    ("model-scripted", {"model": "scripted"}, "TorchScript"),
 ]:
-    case(
-        f"randomization_test-{what}",
-        lambda e, kw=kwargs: randomization_test(e.model, **({"inputs": e.x, "target": 0} | kw)),
-        names,
-    )
+
+    def _randomization(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        model = scripted() if kw.get("model") == "scripted" else e.model
+        return randomization_test(
+            model, **({"inputs": e.x, "target": 0} | {k: v for k, v in kw.items() if k != "model"})
+        )
+
+    case(f"randomization_test-{what}", _randomization, names)
 
 for what, kwargs, names in [
     ("batch-size-zero", {"batch_size": 0}, "batch_size"),
@@ -418,19 +492,35 @@ for what, kwargs, names in [
     ("data-list", {"data": [1, 2, 3]}, "data"),
     ("result-other-model", {"result": "other"}, "result"),
     ("progress-string", {"progress": "no"}, "progress"),
+    ("layers-empty", {"layers": []}, "layers is empty"),
+    ("layers-int", {"layers": 3}, "layers"),
+    ("data-nan", {"data": nan_images((4, *IMAGE))}, "data holds"),
+    ("data-inf-dataset", {"data": "inf-dataset"}, "rows [3]"),
+    ("model-meta", {"model": "meta"}, "model"),
+    ("model-scripted", {"model": "scripted"}, "TorchScript"),
 ]:
 
     def _diagnose(e: Env, kw: dict[str, Any] = kwargs) -> Any:
         kw = dict(kw)
         if kw.get("result") == "other":
             kw["result"] = mine_topk(Other(), ["features.2"], e.data, k=2, progress=False)
-        return diagnose(e.model, **({"data": e.data} | kw))
+        if kw.get("data") == "inf-dataset":  # a Dataset: the rows are its indices
+            kw["data"] = torch.utils.data.TensorDataset(nan_images((4, *IMAGE), float("inf")))
+        model = {"meta": meta_net, "scripted": scripted}.get(kw.pop("model", ""), lambda: e.model)()
+        return diagnose(model, **({"data": e.data} | kw))
 
     case(f"diagnose-{what}", _diagnose, names)
 
 case("renormalize_filters_-radius-negative", lambda e: renormalize_filters_(e.model, radius=-1.0), "radius")
 case("renormalize_filters_-radius-bool", lambda e: renormalize_filters_(e.model, radius=True), "radius")
 case("renormalize_filters_-layers-int", lambda e: renormalize_filters_(e.model, layers=[3]), "layers")
+case(
+    "renormalize_filters_-layers-foreign-conv",
+    lambda e: renormalize_filters_(e.model, layers=[e.model.features[0], nn.Conv2d(3, 3, 3)]),
+    "layers[1]",
+)
+case("renormalize_filters_-model-scripted", lambda e: renormalize_filters_(scripted()), "TorchScript")
+case("renormalize_filters_-model-meta", lambda e: renormalize_filters_(meta_net()), "model holds no values")
 
 for what, kwargs, names in [
     ("channels-out-of-range", {"channels": 99}, "channel"),
@@ -456,6 +546,14 @@ case("plot_filters-normalize", lambda e: plot_filters(e.model, normalize="x", us
 case("track_features-empty", lambda e: track_features([], e.data, "features.2", [0]), "checkpoints")
 case("track_features-not-models", lambda e: track_features([3], e.data, "features.2", [0]), "checkpoints")
 case("track_features-channel", lambda e: track_features([e.model], e.data, "features.2", [99]), "channel")
+case("track_features-channels-empty", lambda e: track_features([e.model], e.data, "features.2", []), "channels")
+case("track_features-channels-int", lambda e: track_features([e.model], e.data, "features.2", 0), "channels")
+case(
+    "track_features-other-architecture",
+    lambda e: track_features([e.model, nn.Sequential(nn.Conv2d(3, 4, 3))], e.data, "features.2", [0]),
+    "checkpoints[1]",
+)
+case("track_features-scripted", lambda e: track_features([e.model, scripted()], e.data, "features.2", [0]), "[1]")
 
 
 def _raised_here(err: BaseException) -> bool:
@@ -479,3 +577,64 @@ def test_misuse(env: Env, snapshot: Any, name: str, call: Call, errors: Errors, 
     assert _raised_here(caught.value), f"{name}: raised inside a library, not by captum_deconvviz: {message}"
     assert "\n" not in message.strip(), f"{name}: a one-line message was expected: {message!r}"
     before.assert_unchanged(env.model)
+
+
+# -- What the refusals above must not refuse ----------------------------------------------
+
+
+class _BrokenBody(Net):
+    """A forward whose own body calls a layer wrongly: a TypeError that is the model's, not the caller's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1), 3)
+
+
+def test_a_type_error_inside_the_forward_is_not_blamed_on_the_arguments() -> None:
+    with pytest.raises(TypeError) as caught:
+        ZFDeconvolution(_BrokenBody().eval()).attribute(torch.randn(2, *IMAGE), target=0)
+    assert str(caught.value) == "Linear.forward() takes 2 positional arguments but 3 were given"
+
+
+class _Scaled(Net):
+    def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        return super().forward(x) * scale
+
+
+def test_additional_forward_args_the_forward_takes_still_work() -> None:
+    model, x = _Scaled().eval(), torch.randn(2, *IMAGE)
+    with pytest.raises(TypeError, match=r"additional_forward_args=None \(_Scaled.forward\(\) missing 1 required"):
+        ZFDeconvolution(model).attribute(x, target=0)
+    doubled = ZFDeconvolution(model).attribute(x, target=0, additional_forward_args=(2.0,))
+    once = ZFDeconvolution(model).attribute(x, target=0, additional_forward_args=(1.0,))
+    torch.testing.assert_close(doubled, 2 * once)  # the reverse pass is linear in the seed
+
+
+def test_a_meta_device_model_still_has_receptive_fields() -> None:
+    assert receptive_field(meta_net(), "features.5", IMAGE) == receptive_field(Net(), "features.5", IMAGE)
+
+
+def test_diagnose_takes_one_layer_name_as_mine_topk_does(env: Env) -> None:
+    one = diagnose(env.model, env.data, layers="features.0")
+    listed = diagnose(env.model, env.data, layers=["features.0"])
+    assert [layer.name for layer in one.layers] == ["features.0"]
+    assert torch.equal(one["features.0"].dead, listed["features.0"].dead)
+    assert torch.equal(one["features.0"].rms, listed["features.0"].rms)  # type: ignore[arg-type]
+
+
+def test_renormalize_takes_the_model_s_own_convolutions(env: Env) -> None:
+    model = Net()
+    with torch.no_grad():
+        model.features[0].weight.fill_(1.0)
+        model.features[4].weight.fill_(1.0)
+    assert renormalize_filters_(model, layers=[model.features[4]]) == 16  # only the one given
+    assert renormalize_filters_(model) == 8  # the 16 are at the radius now, not a rounding error above it
+    assert renormalize_filters_(model) == 0
+
+
+def test_seed_alone_or_equal_to_random_state_is_only_deprecated(env: Env) -> None:
+    kwargs: dict[str, Any] = {"inputs": env.x, "target": 0, "methods": ["saliency"], "layers": ["fc"]}
+    expected = randomization_test(env.model, random_state=2, **kwargs).similarity
+    for given in ({"seed": 2}, {"seed": 2, "random_state": 2}):
+        with pytest.warns(DeprecationWarning, match="random_state"):
+            got = randomization_test(env.model, **kwargs, **given).similarity
+        assert repr(got) == repr(expected)

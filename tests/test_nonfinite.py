@@ -124,3 +124,39 @@ def test_mining_treats_inf_as_it_treats_nan(model: nn.Module) -> None:
     assert values and all(v == v and abs(v) != float("inf") for v in values)
     stats = result.stats("1")
     assert int(stats.nan_count.sum()) > 0 and bool(torch.isfinite(stats.mean).all())
+
+
+def test_diagnose_refuses_non_finite_images_by_their_dataset_index(model: nn.Module) -> None:
+    from torch.utils.data import TensorDataset
+
+    from captum_deconvviz import diagnose
+
+    data = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    clean = diagnose(model, data, batch_size=4)
+    assert float(clean["2"].aliasing.min()) > 0  # type: ignore[union-attr]  # a score a NaN would turn into 0
+    data[6, 1, 2, 3] = float("nan")
+    data[7, 0, 0, 0] = float("inf")  # the same batch of 4: the first batch that holds any is named
+    for given in (data, TensorDataset(data)):
+        with pytest.raises(ValueError, match=r"data holds 2 non-finite pixel values \(NaN and Inf\) in rows \[6, 7\]"):
+            diagnose(model, given, batch_size=4)
+    diagnose(model, data, batch_size=4, max_images=6)  # the first 6 images are finite: diagnosed
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_the_aliasing_watch_records_no_score_from_non_finite_images(model: nn.Module, value: float) -> None:
+    from captum_deconvviz import diagnose, mine_topk
+    from captum_deconvviz.diagnose import watch_aliasing
+
+    def mine_watched(data: torch.Tensor) -> object:
+        with watch_aliasing(model, data, layers=["2"]) as watch:
+            result = mine_topk(model, "1", data, k=2, batch_size=4, progress=False, nan="skip")
+        watch.record(result, batch_size=4)
+        return result
+
+    data = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert set(mine_watched(data).meta["aliasing"]["scores"]) == {"2"}  # type: ignore[attr-defined]
+    data[5, :, 4:8, 4:8] = value
+    result = mine_watched(data)  # mining skips what is non-finite; the watch keeps no score of it
+    assert "aliasing" not in result.meta  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"data holds \d+ non-finite pixel values .* in rows \[5\]"):
+        diagnose(model, data, layers=["2"], batch_size=4, result=result)  # type: ignore[arg-type]
