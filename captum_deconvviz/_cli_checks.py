@@ -7,8 +7,11 @@ of the right kind) and output paths (they can be created and written: the folder
 command would create are created, and a probe file proves they take a file, since
 ``os.access`` answers yes to root even where nothing can be written). Then, once the model
 is loaded, :func:`check_model_fits` runs it on one blank image of the size the data will
-have, and :func:`check_result_model` and :func:`check_result_data` hold a ``--result``
-against the model and the data.
+have, :func:`check_input_size` holds ``rf --input-size`` against the model's first layer, and
+:func:`check_result_options`, :func:`check_result_model` and :func:`check_result_data` hold a
+``--result`` against the options, the model and the data. Paths are never empty (``''`` is the
+working folder to ``pathlib``, so ``--data ''`` would mine every image under it), and no two
+paths of one command are one file: an output never overwrites an input or another output.
 Each failure is a :class:`CommandLineError` that names the option, the value and what was
 expected; ``cli.main`` prints it as one line and exits with status 2.
 """
@@ -27,18 +30,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .data import IMAGE_SUFFIXES
 from .model_loading import check_model_spec
 
 __all__ = [
     "FIGURE_SUFFIXES",
     "LIMITS",
+    "MINING_DEFAULTS",
     "NORMALIZE_PRESETS",
     "CommandLineError",
     "Normalization",
     "check_arguments",
+    "check_input_size",
     "check_model_fits",
     "check_result_data",
     "check_result_model",
+    "check_result_options",
     "image_size",
     "normalization",
     "remove_empty",
@@ -66,6 +73,20 @@ LIMITS: dict[str, tuple[int, int | None]] = {
     "workers": (0, 128),
     "images": (1, 64),
     "channel": (0, None),
+}
+#: The options only mining reads, with their defaults. The parser leaves them None so that
+#: :func:`check_result_options` can tell one given with ``report --result`` (which mines nothing,
+#: so would ignore it) from the default; :func:`check_arguments` fills the defaults in after.
+MINING_DEFAULTS: dict[str, Any] = {"k": 9, "unique": "image", "workers": 0}
+#: Path options -> what to give instead of an empty value.
+_PATH_OPTIONS = {
+    "data": "a folder of images or default-sample",
+    "out": "a path to write to",
+    "checkpoint": "a file path, such as state.pt",
+    "result": "a file written by 'deconvviz mine --out'",
+    "model": "'default', 'torchvision:NAME', 'module.path:factory' or a model file",
+    "weights": "DEFAULT or a state_dict file",
+    "arch": "an architecture spec, such as torchvision:resnet18",
 }
 #: What matplotlib writes (tests/test_cli_misuse.py keeps this a subset of its formats).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
@@ -175,6 +196,7 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         ...
         CommandLineError: --k must be >= 1, got 0
     """
+    _check_not_empty(args)
     _check_numbers(args)
     if hasattr(args, "normalize"):  # mine, report, compare
         args.normalization = normalization(args)
@@ -186,6 +208,12 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         _check_input("data", data, folder=True)
     if getattr(args, "result", None) is not None:
         _check_input("result", args.result, folder=False)
+    _check_collisions(args)
+    mining = [name for name in MINING_DEFAULTS if name in vars(args)]
+    args.mining_options_given = [name for name in mining if getattr(args, name) is not None]
+    for name in mining:
+        if getattr(args, name) is None:
+            setattr(args, name, MINING_DEFAULTS[name])
     created: list[Path] = []
     try:
         _check_outputs(args, created)
@@ -193,6 +221,22 @@ def check_arguments(args: argparse.Namespace) -> list[Path]:
         remove_empty(created)
         raise
     return created
+
+
+def _check_not_empty(args: argparse.Namespace) -> None:
+    """Refuse ``--data ''`` and the like: an empty path is the working folder to ``pathlib``."""
+    for option, expected in _PATH_OPTIONS.items():
+        value = getattr(args, option, None)
+        if isinstance(value, str) and not value.strip():
+            raise CommandLineError(f"--{option} is empty ({value!r}): give {expected}")
+    layer = getattr(args, "layer", None)
+    if layer is not None and not layer.strip():
+        raise CommandLineError(
+            f"--layer is empty ({layer!r}): give a module name from the table, or leave --layer out for the table"
+        )
+    empty = [name for name in getattr(args, "layers", None) or [] if not name.strip()]
+    if empty:
+        raise CommandLineError(f"--layers has an empty name ({empty[0]!r}): give module names of the model")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -210,6 +254,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
     size = getattr(args, "input_size", None)
     if size is not None and (len(size) < 2 or min(size) < 1):
         raise CommandLineError(f"--input-size needs C H W (each >= 1), got {' '.join(map(str, size))}")
+    if size is not None and len(size) > 4:  # C and at most 3 spatial sides (Conv3d); the model says which
+        raise CommandLineError(
+            f"--input-size needs C H W (C and 1 to 3 sides), got {len(size)} values: {' '.join(map(str, size))}"
+        )
     if size is not None and max(size[1:]) > MAX_SIDE:
         raise CommandLineError(f"--input-size sides must be <= {MAX_SIDE}, got {' '.join(map(str, size))}")
     if getattr(args, "channel", None) is not None and not getattr(args, "layer", None):
@@ -228,6 +276,9 @@ def _check_choices(args: argparse.Namespace) -> None:
         unknown = [name for name in methods if name not in METHODS]
         if unknown:
             raise CommandLineError(f"--methods: unknown method(s) {unknown}; known: {', '.join(sorted(METHODS))}")
+        twice = sorted({name for name in methods if methods.count(name) > 1})
+        if twice:
+            raise CommandLineError(f"--methods names {', '.join(twice)} more than once")
     if getattr(args, "device", None) is not None:
         _check_device(args.device)
 
@@ -265,6 +316,44 @@ def _check_input(option: str, value: str, folder: bool) -> None:
         raise CommandLineError(f"--{option} {value} {what}: give a file written by 'deconvviz mine --out'")
     if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
         raise CommandLineError(f"--{option} {value} cannot be read (permission denied)")
+
+
+def _same_or_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_collisions(args: argparse.Namespace) -> None:
+    """No output path is another output's or an input's: writing one would destroy the other.
+
+    Paths are compared resolved (``./r.pt`` is ``r.pt``, a link is its target). A figure or a
+    report folder inside ``--data`` is refused too: its images would be read as data next time.
+    """
+    outputs = {option: getattr(args, option, None) for option in _OUTPUTS.get(args.command, {})}
+    outputs = {option: Path(value).resolve() for option, value in outputs.items() if value is not None}
+    if "out" in outputs and outputs["out"] == outputs.get("checkpoint"):
+        raise CommandLineError(
+            f"--checkpoint {args.checkpoint} and --out {args.out} are one file: the result would overwrite the "
+            "checkpoint and rerunning the command to resume would fail; give two paths"
+        )
+    inputs = {option: getattr(args, option, None) for option in ("result", "model", "weights")}
+    inputs = {option: Path(value).resolve() for option, value in inputs.items() if value and Path(value).is_file()}
+    for output, written in outputs.items():
+        for option, read in inputs.items():
+            if written == read:
+                raise CommandLineError(
+                    f"--{output} {getattr(args, output)} is the --{option} file: writing it would destroy what the "
+                    f"command reads; give another --{output}"
+                )
+    data = getattr(args, "data", "default-sample")
+    out = outputs.get("out")
+    kind = _OUTPUTS.get(args.command, {}).get("out")
+    # A report folder is full of PNGs; a figure is an image when its suffix is one --data reads.
+    writes_images = kind == "folder" or (kind == "figure" and out is not None and out.suffix.lower() in IMAGE_SUFFIXES)
+    if out is not None and data != "default-sample" and writes_images and _same_or_inside(out, Path(data).resolve()):
+        raise CommandLineError(
+            f"--out {args.out} is inside --data {data}: the images it writes would be read as data by the next "
+            "run; write it elsewhere"
+        )
 
 
 #: Each command's outputs: option -> kind ("file" replaced atomically, "figure", "folder").
@@ -452,3 +541,67 @@ def check_result_data(result: Any, dataset: Any, args: argparse.Namespace) -> No
             check_data(dataset, argname="--data")
         except ValueError as err:
             raise CommandLineError(f"--result {args.result}: {err}") from err
+
+
+def check_result_options(result: Any, args: argparse.Namespace) -> None:
+    """Refuse mining options given with ``report --result``, which mines nothing: they would be ignored.
+
+    ``--k`` and ``--unique`` equal to what the result was mined with are accepted (a script may
+    pass the same options to ``mine`` and ``report``); any other value, and ``--workers``, is refused.
+
+    Args:
+        result: the loaded :class:`~captum_deconvviz.MiningResult`.
+        args: the parsed command line, after :func:`check_arguments` (which records the mining
+            options given explicitly in ``args.mining_options_given``).
+
+    Raises:
+        CommandLineError: naming the first such option, what the result was mined with, and
+            what to do.
+
+    Example:
+        >>> check_result_options(result, args)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        CommandLineError: --k 5 applies to mining; this report reads --result r.pt, mined with k=1: ...
+    """
+    for name in getattr(args, "mining_options_given", ()):
+        given, mined = getattr(args, name), getattr(result, name, None)
+        if given == mined:
+            continue
+        how = f", mined with {name}={mined}: drop --{name} or mine again" if mined is not None else f": drop --{name}"
+        raise CommandLineError(f"--{name} {given} applies to mining; this report reads --result {args.result}{how}")
+
+
+def check_input_size(model: nn.Module, args: argparse.Namespace) -> None:
+    """Refuse an ``rf --input-size`` whose length does not fit the model's first convolution or pooling.
+
+    A 2-d model (``Conv2d``) takes C H W, a 1-d one C L, a 3-d one C D H W. Models with neither
+    are left to :func:`~captum_deconvviz.receptive_field` to judge.
+
+    Args:
+        model: the loaded model.
+        args: the parsed command line (``input_size``).
+
+    Raises:
+        CommandLineError: naming ``--input-size``, the values, and what the model needs.
+
+    Example:
+        >>> check_input_size(load_default_model(), argparse.Namespace(input_size=[3, 32, 32, 32]))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        CommandLineError: --input-size needs C H W for a 2-d model (its first layer features.0 is a Conv2d), ...
+    """
+    from torch.nn.modules.conv import _ConvNd
+
+    size = list(args.input_size)
+    first = next(((name, m) for name, m in model.named_modules() if isinstance(m, _ConvNd)), None)
+    if first is None:
+        return
+    name, module = first
+    dims = len(module.kernel_size)
+    if len(size) != dims + 1:
+        needs = {1: "C L", 2: "C H W", 3: "C D H W"}.get(dims, f"C and {dims} sides")
+        raise CommandLineError(
+            f"--input-size needs {needs} for a {dims}-d model (its first layer {name} is a "
+            f"{type(module).__name__}), got {len(size)} values: {' '.join(map(str, size))}"
+        )

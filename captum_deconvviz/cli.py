@@ -40,13 +40,16 @@ from torch.utils.data import Dataset
 
 from . import __version__, _distributed
 from ._cli_checks import (
+    MINING_DEFAULTS,
     NORMALIZE_PRESETS,
     CommandLineError,
     Normalization,
     check_arguments,
+    check_input_size,
     check_model_fits,
     check_result_data,
     check_result_model,
+    check_result_options,
     image_size,
     normalization,
     remove_empty,
@@ -57,10 +60,12 @@ from .receptive_field import receptive_field, receptive_field_table
 
 __all__ = ["NORMALIZE_PRESETS", "Normalization", "build_parser", "main"]
 
-#: Exceptions that mean bad input (see the module docstring); any other exception is a bug.
 #: Images the report's aliasing scores are over (the first ones), as diagnose's max_images.
 ALIASING_IMAGES = 1000
+#: What ``compare`` compares without ``--methods``.
+COMPARE_METHODS = ("zf_deconv", "guided_backprop", "captum_deconvolution", "saliency")
 
+#: Exceptions that mean bad input (see the module docstring); any other exception is a bug.
 USER_ERRORS = (
     ValueError,
     TypeError,
@@ -108,14 +113,33 @@ def _add_normalize_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="default-sample", help="a folder of images (flat or one folder per class), "
                         "or 'default-sample' (1,000 CIFAR-10 test images shipped with the package)")  # fmt: skip
-    parser.add_argument("--layers", nargs="+", default=None, help="module names to mine (default: see docs/cli.md)")
-    parser.add_argument("--k", type=int, default=9, help="records per channel (default 9)")
-    parser.add_argument("--unique", choices=["image", "none", "nms"], default="image")
+    # Repeated --layers add up (argparse's "last wins" dropped the first list without a word).
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="NAME",
+        help="module names to mine; a repeated --layers adds to the list (default: see docs/cli.md)",
+    )
+    # None (not the default) until check_arguments fills it in: report --result refuses mining options given.
+    parser.add_argument("--k", type=int, default=None, help=f"records per channel (default {MINING_DEFAULTS['k']})")
+    parser.add_argument(
+        "--unique",
+        choices=["image", "none", "nms"],
+        default=None,
+        help=f"how records of one channel must differ, see mine_topk (default {MINING_DEFAULTS['unique']})",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA if available)")
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this size")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"DataLoader processes decoding images (default {MINING_DEFAULTS['workers']})",
+    )
     _add_normalize_arguments(parser)
 
 
@@ -242,6 +266,8 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     start = time.perf_counter()
     used = args.normalization.to_meta()
     loaded = _load_result(args.result) if getattr(args, "result", None) else None
+    if loaded is not None:
+        check_result_options(loaded, args)
     recorded = loaded.meta.get("normalization") if loaded is not None else None
     # Older results record none: nothing to check. The numbers matter, not the preset's name.
     if recorded is not None and [recorded["mean"], recorded["std"]] != [used["mean"], used["std"]]:
@@ -303,13 +329,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     check_model_fits(model, args, None)
     dataset, display, names, _ = _data(args)
     count = min(args.images, len(dataset))
+    if count < args.images:  # fewer images than asked: compare them all, and say so
+        limit = f" (--limit {args.limit})" if args.limit is not None and args.limit < args.images else ""
+        print(f"--images {args.images}: the data has only {len(dataset)} image(s){limit}; comparing {count}")
     images = torch.stack([dataset[i][0] for i in range(count)])
     if args.target == "predicted":
         with torch.no_grad():
             target: Any = model(images).argmax(1).tolist()
     else:
         target = int(args.target)
-    result = compare_methods(model, images, target=target, methods=args.methods)
+    result = compare_methods(model, images, target=target, methods=args.methods or list(COMPARE_METHODS))
     fig, _ = plot_comparison(result, display=display, use_pyplot=False)
     fig.savefig(args.out, dpi=200)
     print(result.table())
@@ -320,6 +349,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_rf(args: argparse.Namespace) -> int:
     model = _model(args)
+    check_input_size(model, args)
     shape = tuple(args.input_size)
     if args.layer:
         rf = receptive_field(model, args.layer, shape, method=args.method, verify=args.verify, channel=args.channel)
@@ -381,8 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--methods",
         nargs="+",
-        default=["zf_deconv", "guided_backprop", "captum_deconvolution", "saliency"],
-        help="names from captum_deconvviz.compare.METHODS",
+        action="extend",  # repeated --methods add up, as --layers do
+        default=None,
+        metavar="NAME",
+        help=f"names from captum_deconvviz.compare.METHODS (default: {' '.join(COMPARE_METHODS)}); a repeated "
+        "--methods adds to the list",
     )
     compare.add_argument("--out", default="compare.png", help="figure file (png, pdf, svg)")
     compare.set_defaults(run=_cmd_compare)

@@ -91,6 +91,11 @@ def check_model_spec(spec: str, weights: str | None = None, arch: str | None = N
 def _check_spec(spec: str, weights: str | None, arch: str | None, trust_code: bool, option: str) -> None:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"{option} must be a non-empty model spec, got {spec!r}")
+    # An empty path is the working folder to pathlib: refused rather than read as one.
+    if weights is not None and not weights.strip():
+        raise ModelLoadError(f"--weights is empty ({weights!r}): give DEFAULT (or a weights name) or a state_dict file")
+    if arch is not None and not arch.strip():
+        raise ModelLoadError(f"--arch is empty ({arch!r}): give an architecture spec, such as torchvision:resnet18")
     is_file = spec != "default" and _is_file_spec(spec)
     if arch is not None and not is_file:
         raise ModelLoadError(f"--arch applies to a state_dict file given as --model, not to --model {spec}")

@@ -12,13 +12,14 @@ run, so an error found only after work (an unwritable ``--out`` found after mini
 The argv strings are split on spaces. Placeholders in braces are paths made once per module
 (:func:`env`): ``{file}`` a plain file, ``{folder}`` an empty folder, ``{images}`` three small
 PNGs, ``{unwritable}`` a folder nothing can be written to (a read-only folder, or under
-``/sys`` when running as root), and model and result files. A case whose argv ends with
-``NO_OUT`` gets no ``--out``; every other mine and report case gets a fresh one. The commands
-run in a temporary working directory.
+``/sys`` when running as root), and model and result files. ``EMPTY`` stands for an empty
+argument (``''``). A case whose argv ends with ``NO_OUT`` gets no ``--out``; every other mine
+and report case gets a fresh one. The commands run in a temporary working directory.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import subprocess
@@ -35,10 +36,12 @@ from PIL import Image
 from torch import nn
 
 from captum_deconvviz import MiningResult
+from captum_deconvviz._cli_checks import CommandLineError, check_result_options
 from captum_deconvviz.cli import main
 from captum_deconvviz.zoo import load_default_model
 
 NO_OUT = "NO_OUT"
+EMPTY = "EMPTY"
 HUGE = str(2**40)
 MODEL = "tinynets_misuse"  # the module of small factory models env() writes
 
@@ -72,6 +75,26 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("report-result-missing", "report --result {tmp}/none.pt", "--result", "does not exist", "args"),
     ("report-result-is-a-folder", "report --result {folder}", "--result", "is a folder", "args"),
     ("report-result-not-a-result", "report --result {text_pt}", "--result", "", "args"),
+    # --- empty paths: pathlib reads '' as the working folder (--data '' mined every image under it) ---
+    ("mine-data-empty", "mine --data EMPTY", "--data", "is empty", "args"),
+    ("mine-out-empty", "mine --out EMPTY", "--out", "is empty", "args"),
+    ("report-out-empty", "report --out EMPTY", "--out", "is empty", "args"),
+    ("compare-out-empty", "compare --out EMPTY", "--out", "is empty", "args"),
+    ("mine-checkpoint-empty", "mine --checkpoint EMPTY", "--checkpoint", "is empty", "args"),
+    ("report-result-empty", "report --result EMPTY", "--result", "is empty", "args"),
+    ("mine-model-empty", "mine --model EMPTY", "--model", "is empty", "args"),
+    ("rf-weights-empty", "rf --model torchvision:alexnet --weights EMPTY", "--weights", "is empty", "args"),
+    ("mine-arch-empty", "mine --model {state} --arch EMPTY", "--arch", "is empty", "args"),
+    # --- paths that collide: an output would overwrite an input or the other output ---
+    ("mine-checkpoint-is-out", "mine --checkpoint {tmp}/same.pt --out {tmp}/./same.pt",
+     "--checkpoint", "are one file", "args"),
+    ("mine-out-is-the-model-file", "mine --model {state} --arch default --out {state}",
+     "--out", "is the --model file", "args"),
+    ("mine-checkpoint-is-the-model-file", "mine --model {state} --arch default --checkpoint {state}",
+     "--checkpoint", "is the --model file", "args"),
+    ("report-out-is-the-data-folder", "report --data {images} --out {images}", "--out", "inside --data", "args"),
+    ("report-out-inside-data", "report --data {images} --out {images}/report", "--out", "inside --data", "args"),
+    ("compare-out-inside-data", "compare --data {images} --out {images}/c.png", "--out", "inside --data", "args"),
     # --- model specs ---
     ("mine-model-file-missing", "mine --model {tmp}/missing.pt", "--model", "does not exist", "args"),
     ("mine-model-is-a-folder", "mine --model {folder}", "--model", "is a folder", "args"),
@@ -122,6 +145,9 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("rf-input-size-zero", "rf --model default --input-size 3 0 32", "--input-size", "C H W", "args"),
     ("rf-input-size-one-number", "rf --model default --input-size 32", "--input-size", "C H W", "args"),
     ("rf-input-size-huge", "rf --model default --input-size 3 {huge} 8", "--input-size", "<= 4096", "args"),
+    ("rf-input-size-five-values", "rf --model default --input-size 3 8 8 8 8", "--input-size", "got 5 values", "args"),
+    ("rf-input-size-3d-for-a-2d-model", "rf --model default --input-size 3 32 32 32",
+     "--input-size", "needs C H W for a 2-d model", "model"),
     ("rf-channel-negative", "rf --model default --layer features.1 --channel -1", "--channel", ">= 0", "args"),
     ("rf-channel-without-layer", "rf --model default --channel 0", "--channel", "needs --layer", "args"),
     ("rf-channel-out-of-range", "rf --model default --input-size 3 32 32 --layer features.1 --channel 48",
@@ -132,6 +158,9 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("mine-normalize-unknown", "mine --normalize mnist", "--normalize", "invalid choice", "args"),
     ("rf-method-unknown", "rf --model default --method exact", "--method", "invalid choice", "args"),
     ("compare-method-unknown", "compare --methods zf_deconv lrp", "--methods", "unknown method(s) ['lrp']", "args"),
+    ("compare-method-twice", "compare --methods saliency saliency", "--methods", "saliency more than once", "args"),
+    ("compare-method-twice-across-repeats", "compare --methods saliency --methods zf_deconv saliency",
+     "--methods", "saliency more than once", "args"),
     ("mine-device-unknown", "mine --device tpu", "--device", "is not a device", "args"),
     ("mine-device-meta", "mine --device meta", "--device", "not available", "args"),
     ("report-device-missing-gpu", "report --device cuda:99", "--device", "cuda", "args"),
@@ -149,6 +178,10 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("mine-layer-unknown", "mine --layers features.99", "--layers", "is not a module of the model", "model"),
     ("report-layer-unknown", "report --layers classifier.9", "--layers", "is not a module", "model"),
     ("mine-layer-twice", "mine --layers features.1 features.1", "--layers", "more than once", "args"),
+    ("mine-layer-twice-across-repeats", "mine --layers features.1 --layers features.1",
+     "--layers", "more than once", "args"),
+    ("mine-layer-empty", "mine --layers features.1 EMPTY", "--layers", "empty name", "args"),
+    ("rf-layer-empty", "rf --model default --input-size 3 32 32 --layer EMPTY", "--layer", "is empty", "args"),
     ("mine-layer-outputs-a-tuple", "mine --model {model}:pair --layers split", "--layers", "outputs a tuple", "model"),
     ("mine-layer-pick-out-of-range", "mine --model {model}:pair --layers split[5]", "--layers", "split", "model"),
     ("mine-layer-never-called", "mine --model {model}:pair --layers spare", "--layers", "not called", "model"),
@@ -170,6 +203,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "--layers", "not the layers of --result", "model"),
     ("report-result-other-normalization", "report --data {images} --result {result} --normalize none",
      "--result", "was mined with normalization", "args"),
+    # --- mining options with report --result, which mines nothing: they would be ignored (the same
+    # --k and --unique as the result's are accepted: tests/test_cli_normalize.py reports with them) ---
+    ("report-result-with-other-k", "report --data {images} --result {result} --k 5", "--k 5", "mined with k=1", "args"),
+    ("report-result-with-other-unique", "report --data {images} --result {result} --unique nms",
+     "--unique", "mined with unique=image", "args"),
+    ("report-result-with-workers", "report --data {images} --result {result} --workers 2",
+     "--workers 2", "applies to mining", "args"),
 ]
 # fmt: on
 
@@ -242,7 +282,8 @@ def _unwritable(root: Path) -> str | None:
 
 
 def _mine(*argv: str) -> None:
-    assert main(["mine", "--layers", "features.1", "--k", "1", *argv]) == 0
+    layers = [] if "--layers" in argv else ["--layers", "features.1"]  # repeated --layers add up
+    assert main(["mine", *layers, "--k", "1", *argv]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +366,7 @@ def _argv(name: str, argv: str, paths: dict[str, Any]) -> list[str]:
         pytest.skip("no folder here refuses writes (root on a file system without a read-only place)")
     if name == "report-result-same-count-other-images" and not hasattr(MiningResult, "check_data"):
         pytest.skip("results do not record a fingerprint of their data yet: same-length data cannot be told apart")
-    args = argv.format(**paths).split()
+    args = ["" if arg == EMPTY else arg for arg in argv.format(**paths).split()]
     if args[-1] == NO_OUT:
         return args[:-1]
     if args[0] in ("mine", "report") and "--out" not in args:
@@ -397,6 +438,47 @@ def test_grayscale_images_are_converted_for_an_rgb_model(
     argv = ["mine", "--data", env["gray"], "--layers", "features.1", "--k", "1", "--out", str(out)]
     assert main(argv) == 0 and out.is_file()
     assert "error" not in capsys.readouterr().err
+
+
+def test_repeated_layers_add_up_and_unset_mining_options_take_their_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse's "last wins" mined only features.4 here, without a word.
+    out = tmp_path / "two.pt"
+    argv = ["mine", "--limit", "12", "--layers", "features.1", "--layers", "features.4", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = MiningResult.load(out)
+    assert result.layers == ["features.1", "features.4"]
+    assert (result.k, result.unique) == (9, "image")  # --k and --unique parse as None, then get the defaults
+
+
+def test_report_result_takes_the_mining_options_it_was_mined_with(env: dict[str, Any]) -> None:
+    # A script may give mine and report the same options: equal values are not ignored, they agree.
+    result = MiningResult.load(env["result"])  # mined with k=1, unique="image"
+    args = argparse.Namespace(result=env["result"], k=1, unique="image", mining_options_given=["k", "unique"])
+    check_result_options(result, args)
+    args.unique = "nms"
+    with pytest.raises(CommandLineError, match="^--unique nms applies to mining; .* mined with unique=image: drop"):
+        check_result_options(result, args)
+
+
+@pytest.mark.parametrize(
+    ("extra", "note"),
+    [
+        (["--images", "10"], "--images 10: the data has only 3 image(s); comparing 3"),
+        (["--limit", "1", "--images", "4"], "--images 4: the data has only 1 image(s) (--limit 1); comparing 1"),
+    ],
+    ids=["more-than-the-data", "more-than-the-limit"],
+)
+def test_compare_says_when_it_compares_fewer_images_than_asked(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], note: str
+) -> None:
+    out = tmp_path / "figure.png"
+    argv = ["compare", "--data", env["images"], "--methods", "zf_deconv", "saliency", *extra, "--out", str(out)]
+    assert main(argv) == 0 and out.is_file()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == note
+    assert f"({note[-1]} images: " in printed[-1]  # the summary line counts the images compared
 
 
 def test_folders_made_by_the_checks_are_removed_when_the_command_fails(
