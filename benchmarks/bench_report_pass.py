@@ -37,7 +37,8 @@ def one_pass(model: Any, data: Any) -> str:
         result = mine_topk(model, list(DEFAULT_LAYERS), data, batch_size=BATCH, progress=False)
     watch.record(result, BATCH)
     diagnosis = diagnose(model, data, batch_size=BATCH, max_images=ALIASING_IMAGES, result=result)
-    assert not any(note.startswith("Aliasing over") for note in diagnosis.notes), "a second pass ran"
+    second_pass = [n for n in diagnosis.notes if n.startswith("Aliasing over") and "while mining" not in n]
+    assert not second_pass, f"a second pass ran: {second_pass}"
     return diagnosis.table()
 
 
