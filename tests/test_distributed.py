@@ -71,7 +71,7 @@ def test_merge_refuses_mismatched_or_duplicate_shards(model, images) -> None:
     b = mine_topk(model, LAYERS, images, k=4, progress=False, shard=(1, 2))
     with pytest.raises(ValueError, match="differ in k"):
         a | b
-    with pytest.raises(ValueError, match=r"shard\(s\) \[0\] appear twice"):
+    with pytest.raises(ValueError, match=r"results holds shard\(s\) \[0\] twice"):
         a | a
     c = mine_topk(model, LAYERS[:2], images, k=5, progress=False, shard=(1, 2))
     with pytest.raises(ValueError, match="differ in layers"):
