@@ -31,7 +31,7 @@ LAYERS: dict[int, set[str]] = {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",
         "_result_cache", "compare", "diagnose", "_diagnose_pass", "_integrity", "_result_io", "_result_checks",
     },
-    6: {"viz", "_figures", "_result_figures"},
+    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure"},
     7: {"report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train"},
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
