@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import sys
-import weakref
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -20,6 +18,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from ._checks import show
+from ._compiled import VIEW_OF, eager_compiled, is_compile_wrapper, unwrap_compiled
 from ._guard import EvalMode, check_dense, explain_call_errors, explain_shape_errors
 
 __all__ = [
@@ -64,65 +63,6 @@ def meta_copy(model: nn.Module) -> nn.Module:
         memo[id(tensor)] = nn.Parameter(meta, requires_grad=False) if isinstance(tensor, nn.Parameter) else meta
     copied = copy.deepcopy(model, memo)
     return copied
-
-
-def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The model as it runs eagerly: every ``torch.compile`` wrapper replaced by the module it holds.
-
-    Neither the engine nor the analysis may be traced by dynamo (its recompile limit would be
-    hit at every new mode, and the mining hooks do not compile). A wrapped model is its
-    ``_orig_mod``; a model with compiled submodules (``model.features =
-    torch.compile(model.features)`` or ``module.compile()``) becomes a view whose modules on
-    the way to them are shallow copies (their own submodule and hook tables, the same
-    parameters and buffers) and whose other modules are the model's own. The user's model is
-    never changed, and layer names are those of the uncompiled model (``features.0``, not
-    ``features._orig_mod.0``).
-    """
-    return _eager_view(model, {})[0]
-
-
-def eager_compiled() -> AbstractContextManager[Any]:
-    """Run ``torch.compile``d code eagerly inside the block (functions, or a ``forward``
-    decorated with it, that no view can unwrap): our hooks and modes must run as Python,
-    never be traced. A process that never imported dynamo has nothing compiled, and is spared
-    the import."""
-    if "torch._dynamo" not in sys.modules:
-        return nullcontext()
-    return torch.compiler.set_stance("force_eager")
-
-
-_VIEW_OF = "_deconvviz_view_of"  # a view's module -> the user's module it copies
-
-
-def _is_compile_wrapper(module: nn.Module) -> bool:
-    # Only a process that imported dynamo can hold a wrapper: never import it here (it is slow).
-    wrapper = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
-    return wrapper is not None and isinstance(module, wrapper)
-
-
-def _eager_view(module: nn.Module, memo: dict[int, tuple[nn.Module, bool]]) -> tuple[nn.Module, bool]:
-    """``(module or its eager view, whether it differs)``; ``memo`` keeps shared modules shared."""
-    if id(module) in memo:
-        return memo[id(module)]
-    inner = getattr(module, "_orig_mod", None)
-    if _is_compile_wrapper(module) and isinstance(inner, nn.Module):
-        memo[id(module)] = (_eager_view(inner, memo)[0], True)
-        return memo[id(module)]
-    children = {
-        name: _eager_view(child, memo) if child is not None else (None, False)
-        for name, child in module._modules.items()
-    }
-    if module.__dict__.get("_compiled_call_impl") is None and not any(changed for _, changed in children.values()):
-        memo[id(module)] = (module, False)
-        return memo[id(module)]
-    view = copy.copy(module)  # drops _compiled_call_impl (Module.__getstate__)
-    for key, value in vars(view).items():
-        if isinstance(value, (dict, set)):
-            view.__dict__[key] = type(value)(value)  # hooks registered on the view stay off the model
-    view.__dict__["_modules"] = {name: child for name, (child, _) in children.items()}
-    view.__dict__[_VIEW_OF] = weakref.ref(module)  # a weak reference: deep copies of the view copy no model
-    memo[id(module)] = (view, True)
-    return memo[id(module)]
 
 
 def split_layer_spec(spec: str) -> tuple[str, tuple[int | str, ...]]:
@@ -257,10 +197,10 @@ def resolve_layer(model: nn.Module, layer: Any, argname: str = "layer") -> tuple
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"{argname}={layer!r} is not a module of the model{hint}")
     if isinstance(layer, nn.Module):
-        while _is_compile_wrapper(layer) and isinstance(getattr(layer, "_orig_mod", None), nn.Module):
+        while is_compile_wrapper(layer) and isinstance(getattr(layer, "_orig_mod", None), nn.Module):
             layer = layer._orig_mod
         for name, module in model.named_modules():
-            copied = module.__dict__.get(_VIEW_OF)
+            copied = module.__dict__.get(VIEW_OF)
             if module is layer or (copied is not None and copied() is layer):
                 return name, module
         raise ValueError(

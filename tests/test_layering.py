@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captum_deconvviz"
 #: Layer of each module, bottom up (docs/architecture.md). A module may import from its own
 #: layer or below; the import graph must have no cycle.
 LAYERS: dict[int, set[str]] = {
-    1: {"_ops", "_geometry", "_field", "_tables", "_checks", "_guard"},
+    1: {"_ops", "_geometry", "_field", "_tables", "_checks", "_guard", "_compiled"},
     2: {"_rule_sets", "engine"},
     3: {
         "_forward", "_units", "_taps", "data", "_datasource", "_fingerprint", "zoo", "zoo.model", "zoo.transforms",
