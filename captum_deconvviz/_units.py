@@ -292,7 +292,7 @@ def place_seeds(grad: Tensor, into: tuple[Tensor, ...], activation: Tensor, at: 
 
 
 def reverse_from_seeds(
-    outputs: Tensor, inputs: tuple[Tensor, ...], seeds: Tensor, batched: bool = False
+    outputs: Tensor, inputs: tuple[Tensor, ...], seeds: Tensor, batched: bool = False, retain_graph: bool = False
 ) -> tuple[Tensor, ...]:
     """The reverse pass from ``seeds`` at ``outputs`` back to each of ``inputs``.
 
@@ -305,6 +305,7 @@ def reverse_from_seeds(
         seeds: shaped like ``outputs``; with ``batched``, ``[M, *outputs.shape]``, one
             reverse pass per leading index (``torch.autograd.grad(is_grads_batched=True)``).
         batched: whether ``seeds`` has the leading dimension ``M``.
+        retain_graph: keep the forward's graph for another reverse pass from ``outputs``.
 
     Returns:
         One tensor per input, shaped like it (with ``batched``, ``[M, *input.shape]``).
@@ -320,5 +321,7 @@ def reverse_from_seeds(
 
     if not outputs.requires_grad:
         return tuple(zeros(x) for x in inputs)
-    grads = torch.autograd.grad(outputs, inputs, seeds, allow_unused=True, is_grads_batched=batched)
+    grads = torch.autograd.grad(
+        outputs, inputs, seeds, allow_unused=True, is_grads_batched=batched, retain_graph=retain_graph
+    )
     return tuple(zeros(x) if g is None else g for x, g in zip(inputs, grads, strict=True))

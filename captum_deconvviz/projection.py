@@ -159,7 +159,17 @@ class _Projector:
             place_seeds(grad, (slot[rows], image_rows, *where), layer_out.detach(), (image_rows, *where), self.seed)
             if slots == 1:
                 return reverse_from_seeds(layer_out, (x,), grad[0])[0].unsqueeze(0)
-            return reverse_from_seeds(layer_out, (x,), grad, batched=True)[0]
+            # A batched reverse pass holds the backward's buffers once per slot, which the chunk
+            # sizer (it meters the forward) does not see: an image with 51 records of a ResNet-18
+            # layer took 24 GB. At most MAX_BATCHED_SLOTS slots per pass, on the same forward.
+            parts = [
+                reverse_from_seeds(
+                    layer_out, (x,), grad[first : first + MAX_BATCHED_SLOTS], batched=True,
+                    retain_graph=first + MAX_BATCHED_SLOTS < slots,
+                )[0]
+                for first in range(0, slots, MAX_BATCHED_SLOTS)
+            ]  # fmt: skip
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _choose_plan(model: nn.Module, name: str, input_shape: tuple[int, ...], crop: bool | str) -> CroppedPlan | None:
@@ -288,6 +298,9 @@ def _units_in_chunks(
     projections = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
     return projections, {key: torch.cat(value) for key, value in signals.items() if value}
 
+
+#: Record slots per batched reverse pass of :func:`project_records` (each slot costs a backward's buffers).
+MAX_BATCHED_SLOTS = 8
 
 _NON_FINITE_WEIGHTS = (
     "the seeded units were finite, so the model's weights (or a layer on the reverse path) hold NaN or Inf"

@@ -201,3 +201,24 @@ def test_each_class_documents_its_own_attribute_and_noise_tunnel_still_works() -
     model, x = _bn_net().eval(), torch.randn(2, 3, 8, 8)
     smooth = NoiseTunnel(ZFDeconvolution(model)).attribute(x, nt_samples=2, stdevs=0.0, target=1)
     torch.testing.assert_close(smooth, ZFDeconvolution(model).attribute(x, target=1))
+
+
+def test_many_records_of_one_image_are_projected_in_bounded_groups() -> None:
+    """20 records of one image (more than MAX_BATCHED_SLOTS per batched reverse pass): each
+    equals its own single-unit projection, computed one row at a time."""
+    from captum_deconvviz.projection import MAX_BATCHED_SLOTS, project_records
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(6, 5, 3), torch.nn.ReLU()
+    ).eval()
+    images = torch.randn(2, 3, 16, 16)
+    units = torch.tensor([[c, y, x] for c in range(5) for y, x in ((0, 0), (2, 3), (4, 4), (1, 2))])
+    assert len(units) > 2 * MAX_BATCHED_SLOTS
+    records = torch.cat([torch.zeros(len(units), 1, dtype=torch.long), units], dim=1)
+    records = torch.cat([records, torch.tensor([[1, 2, 1, 1]])])  # and one of the other image
+    got = project_records(model, "4", images, records, crop=False)
+    for row, record in enumerate(records.tolist()):
+        image, unit = record[0], torch.tensor([record[1:]])
+        expected = project_units(model, "4", images[image : image + 1], unit, crop=False)[0]
+        torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-7)
