@@ -22,8 +22,6 @@ from torch import nn
 
 pytest.importorskip("timm", reason="the zoo sweep builds timm models: pip install -e '.[test]'")
 
-API_LANDED = all(sc.NEW_API.values())
-
 
 @pytest.fixture(scope="module", params=sc.CI_SUBSET)
 def report(request: pytest.FixtureRequest) -> sc.ModelReport:
@@ -37,8 +35,6 @@ def report(request: pytest.FixtureRequest) -> sc.ModelReport:
 
 def _expect_clean(outcomes: list[sc.Outcome]) -> None:
     bad = [o for o in outcomes if o.kind not in (sc.PASS, sc.DIFFERS)]
-    if bad and not API_LANDED:
-        pytest.xfail(f"issue 12's receptive-field API has not landed: {sc.describe(bad[0])}")
     assert not bad, "\n".join(sc.describe(o) for o in bad)
 
 
@@ -101,8 +97,6 @@ def test_check_field_catches_a_wrong_field(monkeypatch: pytest.MonkeyPatch) -> N
 def test_check_field_catches_an_unreported_global_path(monkeypatch: pytest.MonkeyPatch) -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 4, 3)).eval()
     reported = sc.check_field(net, "2", (1, 12, 12), [(4, 4)])
-    if reported.global_via is None:
-        pytest.xfail("ReceptiveField.global_via has not landed (issue 12)")
     assert reported.kind == sc.PASS and reported.global_via, sc.describe(reported)
     real = sc.receptive_field
     monkeypatch.setattr(sc, "receptive_field", lambda *a, **k: replace(real(*a, **k), global_via=()))

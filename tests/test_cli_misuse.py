@@ -364,8 +364,6 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 def _argv(name: str, argv: str, paths: dict[str, Any]) -> list[str]:
     if "{unwritable}" in argv and paths["unwritable"] is None:
         pytest.skip("no folder here refuses writes (root on a file system without a read-only place)")
-    if name == "report-result-same-count-other-images" and not hasattr(MiningResult, "check_data"):
-        pytest.skip("results do not record a fingerprint of their data yet: same-length data cannot be told apart")
     args = ["" if arg == EMPTY else arg for arg in argv.format(**paths).split()]
     if args[-1] == NO_OUT:
         return args[:-1]
