@@ -6,7 +6,9 @@ they time out after the group's ``timeout`` (see docs/mining-imagenet.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +20,7 @@ __all__ = [
     "active",
     "all_gather_results",
     "check_same_config",
+    "group_from_env",
     "init_from_env",
     "is_main",
     "rank_and_world",
@@ -50,6 +53,23 @@ def init_from_env(timeout_minutes: float = 30.0) -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     return True
+
+
+@contextlib.contextmanager
+def group_from_env(timeout_minutes: float = 30.0) -> Iterator[bool]:
+    """:func:`init_from_env` for the length of a command; the group it started is destroyed at the end.
+
+    Yields True if this process is distributed. Destroying the group on the way out, after an
+    error too, matters: a rank that exits with its group alive while a peer still holds one can
+    make gloo abort the peer with SIGABRT instead of the peer's own clear error.
+    """
+    started = not (dist.is_available() and dist.is_initialized())
+    distributed = init_from_env(timeout_minutes)
+    try:
+        yield distributed
+    finally:
+        if distributed and started and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def check_same_config(config: dict[str, Any]) -> None:

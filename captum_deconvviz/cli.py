@@ -228,6 +228,11 @@ def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
+    with _distributed.group_from_env():  # under torchrun; left on the way out, errors included
+        return _mine_and_save(args)
+
+
+def _mine_and_save(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = _model(args)
     layers = _default_layers(args, model)

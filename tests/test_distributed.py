@@ -109,6 +109,9 @@ SCRIPT = textwrap.dedent(
                            progress=False, checkpoint=checkpoint, checkpoint_every=0)
     except ValueError as err:
         print("ERROR", err, flush=True)
+        # Leave the group before exiting, as a user's script should: a rank that exits with the
+        # group alive while its peer still holds it can make gloo abort the peer (SIGABRT).
+        dist.destroy_process_group()
         sys.exit(3)
     if rank == 0:
         result.save(out)
@@ -185,5 +188,23 @@ def test_killed_rank_resumes_and_the_result_is_identical(tmp_path: Path, single_
 
 def test_mismatched_arguments_give_a_clear_error(tmp_path: Path) -> None:
     runs = _launch(2, tmp_path, "mismatch", "mismatch")
-    assert [run.returncode for run in runs] == [3, 3]
+    assert [run.returncode for run in runs] == [3, 3], [run.stderr[-2000:] for run in runs]
     assert all("different mining arguments (k)" in run.stdout for run in runs)
+
+
+def test_cli_under_torchrun_reports_mismatched_ranks_and_leaves_the_group(tmp_path: Path) -> None:
+    # What torchrun sets; rank 1 asks for another k. Both ranks must exit with the CLI's one-line
+    # error (status 2), not a SIGABRT from gloo after the other rank left with its group alive.
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}  # fmt: skip
+        command = [sys.executable, "-m", "captum_deconvviz.cli", "mine", "--model", "default", "--data",
+                   "default-sample", "--limit", "80", "--layers", "features.1", "--k", str(3 + rank),
+                   "--out", str(tmp_path / f"r{rank}.pt")]  # fmt: skip
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    runs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [2, 2], [err[-2000:] for _, err in runs]
+    assert all("different mining arguments (k)" in err for _, err in runs)
+    assert not list(tmp_path.glob("*.pt"))
