@@ -30,9 +30,13 @@ LAYERS: dict[int, set[str]] = {
     5: {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",
         "_result_cache", "compare", "diagnose", "_diagnose_pass", "_integrity", "_result_io", "_result_checks",
+        "_exemplar_state", "_relevance", "exemplars", "_exemplar_records", "_exemplar_agreement",
     },
-    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure"},
-    7: {"report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train"},
+    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures"},
+    7: {
+        "report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train", "explorer", "_explorer_data",
+        "_explorer_images", "_explorer_pages",
+    },
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 
