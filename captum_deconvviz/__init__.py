@@ -1,5 +1,6 @@
 """captum-deconvviz: Zeiler & Fergus's DeconvNet, with true switch unpooling, for Captum."""
 
+from ._exemplar_agreement import ExemplarAgreement, exemplar_agreement
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 from .compare import ComparisonResult, RandomizationResult, compare_methods, randomization_test
 from .diagnose import (
@@ -41,6 +42,7 @@ __all__ = [
     "Crops",
     "Diagnosis",
     "EngineGuidedBackprop",
+    "ExemplarAgreement",
     "FeatureEvolution",
     "MiningResult",
     "NeuronEngineGuidedBackprop",
@@ -55,6 +57,7 @@ __all__ = [
     "__version__",
     "compare_methods",
     "diagnose",
+    "exemplar_agreement",
     "feature_evolution",
     "hierarchy_channels",
     "mine_topk",
