@@ -28,7 +28,7 @@ from ._tables import to_markdown
 from .compare import agreement
 from .mining_result import Crops, MiningResult
 
-__all__ = ["METRICS", "ExemplarAgreement", "crop_agreement", "exemplar_agreement"]
+__all__ = ["METRICS", "ExemplarAgreement", "channel_means", "crop_agreement", "exemplar_agreement"]
 
 #: The metrics compared, as :func:`~captum_deconvviz.compare.agreement` names them.
 METRICS: tuple[str, ...] = ("spearman", "spearman_abs", "ssim")

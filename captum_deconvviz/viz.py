@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ._checks import check_bool, check_choice, check_float, check_int, show
+from ._exemplar_figures import guided_block, guided_titles, guided_widths
 from ._figures import (
     CAPTUM_METHODS,
     attribution_cell,
@@ -178,14 +179,19 @@ def _topk_projections(
         projections = result.projections(model, data, layer, channels)
     if projections is None:
         raise ValueError("plot_topk needs projections=result.projections(model, data, layer, channels)")
+    return _checked_images(projections, "projections", layer, expected)
+
+
+def _checked_images(projections: Any, argname: str, layer: str, expected: tuple[int, ...]) -> Tensor:
+    """The images of ``projections`` (``Crops`` or a tensor) if shaped ``expected`` and finite, else raise."""
     images = projections.images if isinstance(projections, Crops) else projections
-    if isinstance(images, Tensor) and len(channels) == 1 and images.dim() == 4:  # one channel's [k, C, h, w]
+    if isinstance(images, Tensor) and expected[0] == 1 and images.dim() == 4:  # one channel's [k, C, h, w]
         images = images.unsqueeze(0)
     n, k, c, h, w = expected
     described = (f"[{n}, k={k}, {c}, {h}, {w}] (the {k} records of each of {n} channel(s), {c} image channels, "
                  f"{h}x{w} crops: the receptive field of {layer!r})")  # fmt: skip
-    images = check_shape(images, "projections", expected, described)
-    check_finite_values(images, "projections", "NaN/Inf cells would draw blank")
+    images = check_shape(images, argname, expected, described)
+    check_finite_values(images, argname, "NaN/Inf cells would draw blank")
     return images
 
 
@@ -266,11 +272,18 @@ def plot_topk(
     cell_inches: float = 0.55,
     titles: bool = True,
     use_pyplot: bool = True,
+    guided: bool = False,
+    guided_projections: Crops | Tensor | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """Zeiler & Fergus's layout: per channel, its top-k projections beside their patches.
 
     Each channel gets a block: a 3x3 grid (for k = 9) of DeconvNet projections on the
-    left and the 3x3 grid of the matching receptive-field patches on the right.
+    left and the 3x3 grid of the matching receptive-field patches on the right. With
+    ``guided=True`` each record shows three cells instead, patch | DeconvNet projection
+    | Guided Backprop projection (seeded with the same unit), and each block's title
+    adds the channel's mean Spearman rank correlation (of the signed and of the
+    absolute maps) and SSIM between the two projections, over the pixels inside the
+    image: the numbers of :func:`~captum_deconvviz.exemplar_agreement`.
 
     Args:
         result: a :class:`~captum_deconvviz.MiningResult`.
@@ -290,17 +303,25 @@ def plot_topk(
             ``result.projections(model, data, layer, channels)`` (its :class:`Crops`, or
             their ``.images``).
         cell_inches: size of one cell.
-        titles: label each block with its channel and best activation.
+        titles: label each block with its channel and best activation (and, with
+            ``guided``, the agreement numbers).
         use_pyplot: as in Captum.
+        guided: add the Guided Backprop column (needs ``guided_projections``).
+        guided_projections: the Guided Backprop projections of the same records:
+            ``result.projections(model, data, layer, channels, rules="guided")`` (or
+            ``exemplar_agreement(...).guided``); drawn like ``projections``.
 
     Returns:
-        ``(fig, axes)``: axes ``[channels, 2, rows, cols]`` (0: projections, 1: patches).
+        ``(fig, axes)``: axes ``[channels, 2, rows, cols]`` (0: projections, 1: patches),
+        or ``[channels, 3, rows, cols]`` with ``guided`` (2: Guided Backprop).
 
     Raises:
         ValueError: ``method``, ``sign`` or ``cmap`` is not one Captum or matplotlib
             knows (``sign`` is checked for every method); ``projections`` is not shaped
             like the patches ``[channels, k, C, h, w]`` (the message gives both shapes),
-            holds NaN or Inf, or is given together with the deprecated ``model``.
+            holds NaN or Inf, or is given together with the deprecated ``model``;
+            ``guided_projections`` is missing with ``guided=True``, given without it,
+            or not shaped like ``projections``.
         TypeError: ``result`` is not a ``MiningResult``, ``denormalize`` is not a
             function, or a number or flag has the wrong type.
 
@@ -309,6 +330,9 @@ def plot_topk(
         >>> fig, axes = plot_topk(result, data, "features.9", [3, 17], projections=projections,
         ...                       use_pyplot=False)  # doctest: +SKIP
         >>> fig.savefig("topk.png", dpi=300)  # doctest: +SKIP
+        >>> guided = result.projections(model, data, "features.9", [3, 17], rules="guided")  # doctest: +SKIP
+        >>> fig, axes = plot_topk(result, data, "features.9", [3, 17], projections=projections, guided=True,
+        ...                       guided_projections=guided, use_pyplot=False)  # doctest: +SKIP
     """
     check_type(result, "result", MiningResult, _RESULT_ORIGIN)
     check_cell_style(method, sign, ("projection", *CAPTUM_METHODS))
@@ -319,33 +343,46 @@ def plot_topk(
     check_image_function(denormalize, "denormalize")
     check_bool(titles, "titles")
     check_bool(use_pyplot, "use_pyplot")
+    check_bool(guided, "guided")
+    if guided_projections is not None and not guided:
+        raise ValueError("guided_projections is given but guided=False: pass guided=True to draw them")
+    if guided and guided_projections is None:
+        raise ValueError("plot_topk(guided=True) needs guided_projections=result.projections(model, data, layer, "
+                         "channels, rules='guided')")  # fmt: skip
     channel_list = _channel_list(channels)
     patches = result.patches(data, layer, channel_list, fill=0.0)
     expected = tuple(patches.images.shape)
     shown = _topk_projections(result, data, layer, channel_list, projections, model, expected)
+    shown_guided = _checked_images(guided_projections, "guided_projections", layer, expected) if guided else None
     rows, cols = grid(result.k)
-    per_row, title_rows, gap = min(4, len(channel_list)), (1 if titles else 0), 1  # gap: an empty column
-    total_cols = per_row * (2 * cols + gap) - gap
+    per_row, title_rows = min(4, len(channel_list)), (1 if titles else 0)
+    block_widths = guided_widths(result.k) if guided else [1.0] * (2 * cols)
+    widths = ([*block_widths, 1.0] * per_row)[:-1]  # blocks apart by an empty column
     total_rows = math.ceil(len(channel_list) / per_row) * (rows + title_rows)
-    fig = new_figure(use_pyplot, (total_cols * cell_inches, total_rows * cell_inches))
-    spec = fig.add_gridspec(total_rows, total_cols, wspace=0.05, hspace=0.05, left=0.01, right=0.99, bottom=0.01,
-                            top=0.99)  # fmt: skip
+    fig = new_figure(use_pyplot, (sum(widths) * cell_inches, total_rows * cell_inches))
+    spec = fig.add_gridspec(total_rows, len(widths), width_ratios=widths, wspace=0.05, hspace=0.05, left=0.01,
+                            right=0.99, bottom=0.01, top=0.99)  # fmt: skip
     draw = _projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
-    axes = np.empty((len(channel_list), 2, rows, cols), dtype=object)
+    axes = np.empty((len(channel_list), 3 if guided else 2, rows, cols), dtype=object)
+    agreement = guided_titles(shown, shown_guided, patches.mask) if shown_guided is not None else None
     for b, channel in enumerate(channel_list):
         block_row, block_col = divmod(b, per_row)
-        top, left = block_row * (rows + title_rows) + title_rows, block_col * (2 * cols + gap)
+        top, left = block_row * (rows + title_rows) + title_rows, block_col * (len(block_widths) + 1)
         if titles:
-            header = fig.add_subplot(spec[top - 1, left : left + 2 * cols])
+            header = fig.add_subplot(spec[top - 1, left : left + len(block_widths)])
             header.axis("off")
             records = result.records(layer, channel)
             best = f", max {records[0].value:.3g}" if records else ""
-            header.text(0.5, 0.0, f"{layer} #{channel}{best}", ha="center", va="bottom", fontsize=8)
+            text = f"{layer} #{channel}{best}" + (f"\n{agreement[b]}" if agreement is not None else "")
+            header.text(0.5, 0.0, text, ha="center", va="bottom", fontsize=8 if agreement is None else 7)
 
         def cells(r: int, c: int, top: int = top, left: int = left) -> Any:
             return fig.add_subplot(spec[top + r, left + c])
 
         block = Crops(patches.images[b], patches.mask[b])
-        axes[b] = _topk_block(cells, block, shown[b], result.k, denormalize, draw)
+        if shown_guided is not None:
+            axes[b] = guided_block(cells, block, shown[b], shown_guided[b], result.k, denormalize, draw)
+        else:
+            axes[b] = _topk_block(cells, block, shown[b], result.k, denormalize, draw)
     finish(fig, use_pyplot)
     return fig, axes

@@ -19,10 +19,13 @@ import pytest
 import torch
 from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from conftest import assert_rel_close
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from captum_deconvviz import ExemplarAgreement, MiningResult, exemplar_agreement, mine_topk
+from captum_deconvviz import Crops, ExemplarAgreement, MiningResult, exemplar_agreement, mine_topk, plot_topk
 from captum_deconvviz.compare import agreement
+from captum_deconvviz.viz import normalize_projection
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample
 
 LAYERS = ["features.1", "features.4", "features.9"]
@@ -272,6 +275,100 @@ def test_misuse_is_refused_naming_the_argument(
         args["data"] = images.flip(-1)
     with pytest.raises(error) as caught:
         exemplar_agreement(**args)
+    message = str(caught.value)
+    assert name in message, f"{what}: the message does not name {name!r}: {message}"
+    assert "\n" not in message.strip(), message
+
+
+# ---- the figure --------------------------------------------------------------------------------
+
+
+def _canvas(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def _cell_pixels(pixels: np.ndarray, ax: Any, size: tuple[int, int]) -> np.ndarray:
+    """The canvas colour at the centre of each data pixel of the image drawn in ``ax`` ``[h, w, 3]``."""
+    height = pixels.shape[0]
+    out = np.empty((*size, 3), dtype=int)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            x, y = ax.transData.transform((j, i))
+            out[i, j] = pixels[int(height - y), int(x)]
+    return out
+
+
+def test_plot_topk_guided_draws_a_third_column_of_guided_backprop_cells(setup, agreements) -> None:
+    _model, images, result = setup
+    found = agreements["features.4"]
+    channels = list(CHANNELS[:2])
+    deconv = Crops(found.deconv.images[:2], found.deconv.mask[:2])
+    guided = Crops(found.guided.images[:2], found.guided.mask[:2])
+    fig, axes = plot_topk(result, images, "features.4", channels, projections=deconv, guided=True,
+                          guided_projections=guided, cell_inches=1.5, use_pyplot=False)  # fmt: skip
+    assert axes.shape == (2, 3, 3, 3)
+    pixels = _canvas(fig)
+    size = tuple(result.fields["features.4"].size)
+    differing = 0
+    for b in range(2):
+        for slot in range(result.k):
+            r, c = divmod(slot, 3)
+            guided_ax, deconv_ax, patch_ax = axes[b, 2, r, c], axes[b, 0, r, c], axes[b, 1, r, c]
+            # Left to right in each record's triple: patch, DeconvNet, Guided Backprop.
+            assert patch_ax.get_position().x1 < deconv_ax.get_position().x0 < guided_ax.get_position().x0
+            if not guided.images[b, slot].any():
+                continue
+            expected = np.clip((normalize_projection(guided.images[b, slot], 2) * 255).astype(int), 0, 255)
+            np.testing.assert_array_equal(np.asarray(guided_ax.images[0].get_array()), expected)
+            drawn = _cell_pixels(pixels, guided_ax, size)  # what the canvas shows, pixel for pixel
+            assert np.abs(drawn - expected).max() <= 1
+            deconv_drawn = _cell_pixels(pixels, deconv_ax, size)
+            deconv_expected = np.clip((normalize_projection(deconv.images[b, slot], 2) * 255).astype(int), 0, 255)
+            assert np.abs(deconv_drawn - deconv_expected).max() <= 1
+            differing += bool(np.abs(drawn - deconv_drawn).max() > 10)
+    assert differing >= 5  # the guided column is not the DeconvNet column again
+    titles = [text.get_text() for ax in fig.axes for text in ax.texts]
+    for b, channel in enumerate(channels):
+        title = next(t for t in titles if t.startswith(f"features.4 #{channel},"))
+        numbers = (float(found.mean(m)[b]) for m in ("spearman", "spearman_abs", "ssim"))
+        assert title.endswith("Spearman {:.2f} (abs {:.2f}), SSIM {:.2f}".format(*numbers)), title
+
+
+def test_plot_topk_default_has_no_guided_column(setup, agreements) -> None:
+    _, images, result = setup
+    found = agreements["features.4"]
+    _, axes = plot_topk(result, images, "features.4", CHANNELS, projections=found.deconv, use_pyplot=False)
+    assert axes.shape == (len(CHANNELS), 2, 3, 3)
+
+
+FIGURE_MISUSE: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("guided-without-projections", {"guided": True}, ValueError, "guided_projections"),
+    ("projections-without-guided", {"guided_projections": "guided"}, ValueError, "guided=False"),
+    ("guided-string", {"guided": "yes", "guided_projections": "guided"}, TypeError, "guided"),
+    ("guided-int", {"guided": 1}, TypeError, "guided"),
+    ("guided-wrong-shape", {"guided": True, "guided_projections": torch.zeros(3, 9, 3, 5, 5)}, ValueError,
+     "guided_projections"),
+    ("guided-nan", {"guided": True, "guided_projections": "nan"}, ValueError, "guided_projections"),
+    ("guided-list", {"guided": True, "guided_projections": [[0.0]]}, TypeError, "guided_projections"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "change", "error", "name"), FIGURE_MISUSE, ids=[m[0] for m in FIGURE_MISUSE])
+def test_plot_topk_guided_misuse(setup, agreements, what: str, change: dict[str, Any], error: type, name: str) -> None:
+    _, images, result = setup
+    found = agreements["features.4"]
+    args: dict[str, Any] = {"result": result, "data": images, "layer": "features.4", "channels": CHANNELS,
+                            "projections": found.deconv, "use_pyplot": False} | change  # fmt: skip
+    if change.get("guided_projections") == "guided":
+        args["guided_projections"] = found.guided
+    if change.get("guided_projections") == "nan":
+        bad = found.guided.images.clone()
+        bad[0, 0, 0, 0, 0] = math.nan
+        args["guided_projections"] = bad
+    with pytest.raises(error) as caught:
+        plot_topk(**args)
     message = str(caught.value)
     assert name in message, f"{what}: the message does not name {name!r}: {message}"
     assert "\n" not in message.strip(), message
