@@ -109,7 +109,12 @@ class Checkpoint:
             raise ValueError(
                 f"checkpoint {self.path} is corrupt ({err}): it will not be resumed; delete it to start over"
             ) from None
-        states = {name: TopKState.from_dict(entry, device) for name, entry in payload["states"].items()}
+        try:
+            states = {name: TopKState.from_dict(entry, device) for name, entry in payload["states"].items()}
+        except ValueError as err:  # the exemplar statistics' own checks
+            raise ValueError(
+                f"checkpoint {self.path} is corrupt ({err}): it will not be resumed; delete it to start over"
+            ) from None
         return states, next_index
 
     def _check_contents(self, payload: dict[str, Any]) -> int:
@@ -134,8 +139,10 @@ class Checkpoint:
 
         for name in layers if next_index > 0 else []:
             entry = states[name]
-            if not isinstance(entry, dict) or set(entry) != {"tensors", "height", "width", "images"}:
+            if not isinstance(entry, dict) or set(entry) - {"exemplars"} != {"tensors", "height", "width", "images"}:
                 raise ValueError(f"layer {name!r}: its entry must hold tensors, height, width and images")
+            if ("exemplars" in entry) != ("exemplars" in self.identity):
+                raise ValueError(f"layer {name!r}: its exemplar statistics do not match the run's options")
             check_state(
                 entry["tensors"], f"layer {name!r}", k=self.identity["k"], height=entry["height"],
                 width=entry["width"], images=entry["images"], expected_images=next_index, index_ok=index_ok,

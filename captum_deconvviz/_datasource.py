@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSam
 
 from ._guard import check_dense
 
-__all__ = ["batches", "check_data", "fetch", "length"]
+__all__ = ["batches", "check_data", "fetch", "label_of", "labelled_batches", "length"]
 
 
 def check_data(data: Any, argname: str = "data") -> None:
@@ -108,6 +108,28 @@ def _collate(items: list[tuple[int, Any]]) -> Tensor:
     return _stack([_image_of(item, index) for index, item in items], items[0][0] if items else 0)
 
 
+def label_of(item: Any, index: int) -> int:
+    """The class label of ``data[index]`` (an ``(image, label)`` item); -1 means unknown."""
+    label = item[1] if isinstance(item, (tuple, list)) and len(item) >= 2 else None
+    if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point():
+        label = label.item()
+    if label is not None and hasattr(label, "__index__") and not isinstance(label, bool):
+        value = int(label.__index__())
+        if value >= -1:
+            return value
+    raise ValueError(
+        f"labels=True, but data[{index}] gives no class label (an int >= 0, or -1 for unknown) as the "
+        f"second element of an (image, label) item; got {type(item).__name__}"
+        + (f" with {label!r:.40}" if label is not None else "")
+        + ": pass labels as a LongTensor instead"
+    )
+
+
+def _collate_labelled(items: list[tuple[int, Any]]) -> tuple[Tensor, Tensor]:
+    labels = torch.tensor([label_of(item, index) for index, item in items], dtype=torch.long)
+    return _collate(items), labels
+
+
 def batches(
     data: Any, batch_size: int, start: int = 0, num_workers: int = 0, order: Sequence[int] | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -120,26 +142,46 @@ def batches(
         num_workers: DataLoader workers for a Dataset.
         order: the dataset indices to visit, ascending (default: all of them).
     """
+    for index, images, _ in labelled_batches(data, batch_size, start, num_workers, order, None):
+        yield index, images
+
+
+def labelled_batches(
+    data: Any,
+    batch_size: int,
+    start: int = 0,
+    num_workers: int = 0,
+    order: Sequence[int] | None = None,
+    labels: Tensor | bool | None = None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """:func:`batches` with each batch's labels: ``(indices [B], images, labels [B] or None)``.
+
+    ``labels``: None (no labels), a LongTensor over the whole dataset, or True to read each
+    item's second element (:func:`label_of`).
+    """
     indices = list(range(length(data))) if order is None else list(order)
     indices = indices[start:]
+    given = labels if isinstance(labels, Tensor) else None
     if isinstance(data, Tensor):
         for first in range(0, len(indices), batch_size):
             chosen = indices[first : first + batch_size]
-            yield (
-                torch.tensor(chosen, dtype=torch.long),
-                data[chosen] if order is not None else data[chosen[0] : chosen[-1] + 1],
-            )
+            index = torch.tensor(chosen, dtype=torch.long)
+            images = data[chosen] if order is not None else data[chosen[0] : chosen[-1] + 1]
+            yield index, images, given[index] if given is not None else None
         return
     dataset = data.dataset if isinstance(data, DataLoader) else data
+    read = labels is True
     loader = DataLoader(
         _Items(dataset, indices),
         batch_size=(data.batch_size or 1) if isinstance(data, DataLoader) else batch_size,
         num_workers=data.num_workers if isinstance(data, DataLoader) else num_workers,
-        collate_fn=_collate,
+        collate_fn=_collate_labelled if read else _collate,
         pin_memory=data.pin_memory if isinstance(data, DataLoader) else False,
     )
     position = 0
-    for images in loader:
+    for batch in loader:
+        images, read_labels = batch if read else (batch, None)
         chosen = indices[position : position + len(images)]
         position += len(images)
-        yield torch.tensor(chosen, dtype=torch.long), images
+        index = torch.tensor(chosen, dtype=torch.long)
+        yield index, images, read_labels if read else (given[index] if given is not None else None)

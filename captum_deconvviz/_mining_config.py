@@ -7,23 +7,31 @@ public API documents; the rest of mining reads the config and never re-checks.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from . import _datasource, _distributed
 from ._checkpoint import shard_path
 from ._checks import check_bool, check_choice, check_device, check_float, check_int, check_output_file
+from ._exemplar_state import ExemplarOptions
 from ._forward import model_device, resolve_layer
+from ._relevance import Target, check_target
 
-__all__ = ["MiningConfig", "Nan", "Unique", "mining_config"]
+__all__ = ["MiningConfig", "Nan", "RankBy", "Unique", "mining_config"]
 
 Unique = Literal["image", "none", "nms"]
 Nan = Literal["raise", "skip"]
+RankBy = Literal["activation", "relevance"]
+
+#: Images per channel behind the class histogram when ``class_top_n`` is not given (at least k).
+CLASS_TOP_N = 100
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,11 @@ class MiningConfig:
         rank: this shard's rank.
         world: the number of shards.
         distributed: the shard comes from an initialized process group, whose ranks merge.
+        exemplars: what to keep beyond the top-k (class statistics, bottom-k, ...).
+        labels: the labels: None, True (read from the data) or a LongTensor [N].
+        rank_by: ``"activation"`` or ``"relevance"``.
+        target: the relevance's target (``rank_by="relevance"``), else None.
+        class_names: the data's class names where it has them (``data.classes``).
     """
 
     layers: tuple[str, ...]
@@ -65,6 +78,11 @@ class MiningConfig:
     rank: int
     world: int
     distributed: bool
+    exemplars: ExemplarOptions = field(default_factory=ExemplarOptions)
+    labels: Any = None
+    rank_by: RankBy = "activation"
+    target: Target | None = None
+    class_names: tuple[str, ...] | None = None
 
     @property
     def order(self) -> range:
@@ -81,7 +99,7 @@ class MiningConfig:
 
         The keys are those of the checkpoint format; do not rename them (old files resume).
         """
-        return {
+        identity: dict[str, Any] = {
             "layers": list(self.layers),
             "k": self.k,
             "unique": self.unique,
@@ -92,6 +110,12 @@ class MiningConfig:
             "model": fingerprint,
             "shard": [self.rank, self.world],
         }
+        if self.exemplars.any or self.rank_by != "activation":  # absent from older checkpoints: they resume
+            identity["exemplars"] = {**self.exemplars.to_dict(), "rank_by": self.rank_by, "target": self.target}
+            if isinstance(self.labels, Tensor):  # given labels: a checkpoint of other labels is not resumed
+                digest = hashlib.sha256(self.labels.cpu().numpy().tobytes()).hexdigest()[:16]
+                identity["exemplars"]["labels"] = f"tensor:{digest}"
+        return identity
 
 
 def mining_config(
@@ -111,13 +135,21 @@ def mining_config(
     num_workers: int,
     verify: bool,
     shard: tuple[int, int] | None,
+    labels: Any = None,
+    by_class: bool = False,
+    bottom_k: int = 0,
+    rank_by: RankBy = "activation",
+    target: Any = None,
+    class_top_n: int | None = None,
+    quantiles: bool = False,
 ) -> MiningConfig:
     """Check :func:`~captum_deconvviz.mine_topk`'s arguments (in its documented order) into a config.
 
     Args:
         model: the (checked) model, for layer names and the default device.
         layers, data, k, unique, batch_size, device, progress, checkpoint, nms_threshold,
-            nan, checkpoint_every, num_workers, verify, shard: as :func:`mine_topk` takes them.
+            nan, checkpoint_every, num_workers, verify, shard, labels, by_class, bottom_k,
+            rank_by, target, class_top_n, quantiles: as :func:`mine_topk` takes them.
 
     Returns:
         The frozen :class:`MiningConfig`.
@@ -144,6 +176,16 @@ def mining_config(
     rank, world = _check_shard(_distributed.rank_and_world() if distributed else shard)
     if len(range(rank, total, world)) == 0:
         raise ValueError(f"shard {rank} of {world} holds no images: the data has only {total}")
+    labels = _check_labels(labels, data, total)
+    exemplars = _exemplar_options(labels is not None, by_class, bottom_k, rank_by, class_top_n, quantiles, k, total)
+    if rank_by == "relevance":
+        target = check_target(target, labels is not None)
+        if verify:
+            raise ValueError(
+                "verify=True re-runs the forward to check activations; it cannot check rank_by='relevance'"
+            )
+    elif target is not None:
+        raise ValueError(f"target={target!r:.40} is used only with rank_by='relevance' (rank_by is {rank_by!r})")
     return MiningConfig(
         layers=tuple(names),
         k=k,
@@ -161,6 +203,64 @@ def mining_config(
         rank=rank,
         world=world,
         distributed=distributed,
+        exemplars=exemplars,
+        labels=labels,
+        rank_by=rank_by,
+        target=target,
+        class_names=_class_names(data) if labels is not None else None,
+    )
+
+
+def _check_labels(labels: Any, data: Any, total: int) -> Tensor | bool | None:
+    """None, True (read from the data's items) or a LongTensor [N] of labels >= -1 (-1: unknown)."""
+    if labels is None or labels is False:
+        return None
+    if labels is True:
+        if isinstance(data, Tensor):
+            raise TypeError(
+                "labels=True reads labels from (image, label) items, but data is a tensor of images: pass labels as "
+                "a LongTensor [N] instead"
+            )
+        return True
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be None, True or a LongTensor [N], got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.dim() != 1:
+        raise ValueError(f"labels must be an integer tensor [N], got {labels.dtype} {list(labels.shape)}")
+    if len(labels) != total:
+        raise ValueError(f"labels holds {len(labels)} labels, but data holds {total} images")
+    if len(labels) and int(labels.min()) < -1:
+        raise ValueError(f"labels must be class indices >= 0 (or -1 for unknown), got {int(labels.min())}")
+    return labels.long().cpu()
+
+
+def _class_names(data: Any) -> tuple[str, ...] | None:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    names = getattr(dataset, "classes", None)
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return None
+
+
+def _exemplar_options(
+    labelled: bool, by_class: Any, bottom_k: Any, rank_by: Any, class_top_n: Any, quantiles: Any, k: int, total: int
+) -> ExemplarOptions:
+    check_bool(by_class, "by_class")
+    check_int(bottom_k, "bottom_k", minimum=0)
+    check_choice(rank_by, "rank_by", ("activation", "relevance"))
+    check_int(class_top_n, "class_top_n", minimum=k, allow_none=True)
+    check_bool(quantiles, "quantiles")
+    if (by_class or class_top_n is not None) and not labelled:
+        name = "by_class=True" if by_class else "class_top_n"
+        raise ValueError(f"{name} needs labels: pass labels=True (data of (image, label) items) or a LongTensor")
+    return ExemplarOptions(
+        labels=labelled,
+        class_top_n=(class_top_n if class_top_n is not None else max(k, CLASS_TOP_N)) if labelled else 0,
+        bottom_k=bottom_k,
+        by_class=by_class,
+        k=k if by_class else 0,
+        quantiles=quantiles,
+        relevance=rank_by == "relevance",
+        num_images=total if quantiles else 0,
     )
 
 

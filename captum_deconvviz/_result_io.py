@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._exemplar_state import ExemplarOptions, ExemplarState
 from ._integrity import check_state
 from ._topk import TopKState
 from .receptive_field import ReceptiveField
@@ -46,6 +47,7 @@ def result_payload(
                 "width": state.width,
                 "images": state.images,
                 "field": _field_to_dict(fields.get(name)),
+                **({"exemplars": state.exemplars.to_dict()} if state.exemplars is not None else {}),
             }
             for name, state in states.items()
         },
@@ -93,7 +95,7 @@ def result_arguments(payload: Any) -> dict[str, Any]:
     states, fields = {}, {}
     for name, entry in layers.items():
         where = f"layer {name!r}"
-        if not isinstance(entry, dict) or set(entry) != _LAYER_KEYS:
+        if not isinstance(entry, dict) or set(entry) - {"exemplars"} != _LAYER_KEYS:
             got = sorted(entry, key=repr) if isinstance(entry, dict) else type(entry).__name__
             raise ValueError(f"{where} must hold {sorted(_LAYER_KEYS)}, got {got}")
         check_state(
@@ -102,6 +104,12 @@ def result_arguments(payload: Any) -> dict[str, Any]:
         )  # fmt: skip
         tensors: dict[str, Any] = entry["state"]
         states[name] = TopKState(height=entry["height"], width=entry["width"], images=entry["images"], **tensors)
+        if "exemplars" in entry:
+            try:
+                options = ExemplarOptions.from_dict(entry["exemplars"])
+                states[name].exemplars = ExemplarState.from_dict(entry["exemplars"], options)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         try:
             fields[name] = _field_from_dict(entry["field"])
         except (TypeError, ValueError, KeyError, AttributeError) as err:

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._exemplar_state import ExemplarOptions, ExemplarState
+from ._ranking import rank_rows
+
 __all__ = ["FoldRule", "TopKState", "exact_sum_add", "exact_sum_value", "nms_kernel"]
 
 _NO_INDEX = -1
@@ -108,6 +111,7 @@ class TopKState:
     nan_count: Tensor
     images: int = 0
     _pending: int = 0  # values added to ``total`` since its last normalization
+    exemplars: ExemplarState | None = None  # class statistics, bottom-k...: see _exemplar_state
 
     @classmethod
     def empty(cls, channels: int, k: int, height: int, width: int, device: torch.device) -> TopKState:
@@ -137,13 +141,15 @@ class TopKState:
     def to(self, device: torch.device | str) -> TopKState:
         # Any: the dataclass also has int fields, so dict[str, Tensor] cannot be ** into it as typed.
         moved: dict[str, Any] = {name: t.to(device) for name, t in self.tensors().items()}
-        return TopKState(height=self.height, width=self.width, images=self.images, **moved)
+        exemplars = self.exemplars.to(device) if self.exemplars is not None else None
+        return TopKState(height=self.height, width=self.width, images=self.images, exemplars=exemplars, **moved)
 
     def to_dict(self) -> dict[str, Any]:
         """The state as plain values and CPU tensors, as mining checkpoints store it.
 
         Returns:
-            ``{"tensors": {name: Tensor}, "height": int, "width": int, "images": int}``;
+            ``{"tensors": {name: Tensor}, "height": int, "width": int, "images": int}``, and
+            ``"exemplars"`` where mining kept more than the top-k;
             ``torch.load(..., weights_only=True)`` reads it back.
 
         Example:
@@ -152,17 +158,28 @@ class TopKState:
             9
         """
         tensors = {name: tensor.cpu() for name, tensor in self.tensors().items()}
-        return {"tensors": tensors, "height": self.height, "width": self.width, "images": self.images}
+        entry = {"tensors": tensors, "height": self.height, "width": self.width, "images": self.images}
+        if self.exemplars is not None:
+            entry["exemplars"] = self.exemplars.to_dict()
+        return entry
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any], device: torch.device | str = "cpu") -> TopKState:
-        """The state :meth:`to_dict` wrote, on ``device``."""
-        state = cls(height=entry["height"], width=entry["width"], images=entry["images"], **entry["tensors"])
+        """The state :meth:`to_dict` wrote, on ``device`` (its exemplars checked first)."""
+        exemplars = None
+        if entry.get("exemplars") is not None:
+            exemplars = ExemplarState.from_dict(entry["exemplars"], ExemplarOptions.from_dict(entry["exemplars"]))
+        state = cls(
+            height=entry["height"], width=entry["width"], images=entry["images"], exemplars=exemplars,
+            **entry["tensors"],
+        )  # fmt: skip
         return state.to(device)
 
     # ---- updates --------------------------------------------------------------------
 
-    def fold(self, acts: Tensor, index: Tensor, rule: FoldRule, layer: str) -> None:
+    def fold(
+        self, acts: Tensor, index: Tensor, rule: FoldRule, layer: str, scores: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Take one batch of the layer's activations into the records and statistics.
 
         Args:
@@ -170,6 +187,12 @@ class TopKState:
             index: ``[B]`` their dataset indices, ascending.
             rule: how the batch enters (uniqueness, NaN policy, NMS kernel).
             layer: the layer's name, for error messages.
+            scores: ``[B, C, H, W]`` what records are ranked by, if not the activations
+                (relevances); the statistics always come from the activations.
+
+        Returns:
+            Each image's maximum activation ``[B, C]`` and the scores ``[B, C, H * W]``, with
+            non-finite values as -inf (skipped ones; any others raised).
 
         Raises:
             ValueError: the layer's map size differs from the state's.
@@ -194,10 +217,18 @@ class TopKState:
                 acts = flat.view(b, c, h, w)
         best = flat.amax(dim=2)  # [B, C]
         self.update_stats(sums, best, positions, nans)
-        candidates = self._candidates(acts, flat, best, index.to(acts.device), rule)
+        score_flat, score_best = flat, best
+        if scores is not None:
+            score_flat = scores.detach().reshape(b, c, h * w)
+            if not bool(torch.isfinite(score_flat).all()):
+                skipped = _skip_nans(score_flat, index, rule.nan, f"{layer} (its relevance)")
+                score_flat = skipped[0] if skipped is not None else score_flat
+            score_best, acts = score_flat.amax(dim=2), score_flat.view(b, c, h, w)
+        candidates = self._candidates(acts, score_flat, score_best, index.to(acts.device), rule)
         if candidates is not None:
             values, key = candidates
             self.merge_candidates(values.float(), key)
+        return best, score_flat
 
     def _candidates(
         self, acts: Tensor, flat: Tensor, best: Tensor, index: Tensor, rule: FoldRule
@@ -226,7 +257,7 @@ class TopKState:
             return
         all_values = torch.cat([self.values, values], dim=1)
         all_keys = torch.cat([self.key, key], dim=1)
-        all_values, all_keys = _rank(all_values, all_keys)
+        all_values, all_keys, _ = rank_rows(all_values, all_keys)
         self.values, self.key = all_values[:, : self.k].contiguous(), all_keys[:, : self.k].contiguous()
 
     def update_stats(self, sums: Tensor, best: Tensor, positions: Tensor, nans: Tensor) -> None:
@@ -261,6 +292,10 @@ class TopKState:
         self.total = _normalize(_normalize(self.total) + _normalize(other.total.to(self.total.device).clone()))
         self._pending = 0
         self.images += other.images
+        if (self.exemplars is None) != (other.exemplars is None):
+            raise ValueError("cannot merge a state with exemplar statistics and one without")
+        if self.exemplars is not None and other.exemplars is not None:
+            self.exemplars.merge(other.exemplars)
 
 
 def _skip_nans(flat: Tensor, index: Tensor, nan: str, layer: str) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -282,14 +317,6 @@ def _skip_nans(flat: Tensor, index: Tensor, nan: str, layer: str) -> tuple[Tenso
         )
     sums = flat.masked_fill(nan_mask, 0.0).sum(dim=2).double()
     return flat.masked_fill(nan_mask, float("-inf")), sums, nan_mask.sum(dim=(0, 2))
-
-
-def _rank(values: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by value descending, then key ascending (empty slots last)."""
-    order = torch.argsort(key, dim=1, stable=True)
-    values, key = values.gather(1, order), key.gather(1, order)
-    order = torch.argsort(values, dim=1, descending=True, stable=True)  # empty slots hold -inf: last
-    return values.gather(1, order), key.gather(1, order)
 
 
 # --------------------------------------------------------------------------------------

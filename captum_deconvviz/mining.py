@@ -7,8 +7,8 @@ mining device, the moment the layer has run. Memory is O(layers x channels x k).
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +20,12 @@ from tqdm.auto import tqdm
 
 from . import _datasource, _distributed
 from ._checkpoint import Checkpoint
+from ._checks import check_int
 from ._fingerprint import dataset_fingerprint, model_fingerprint
 from ._forward import EvalMode, check_dtype, check_model, model_device, split_layer_spec
-from ._mining_config import MiningConfig, Nan, Unique, mining_config
+from ._mining_config import MiningConfig, Nan, RankBy, Unique, mining_config
+from ._mining_folds import Folds
+from ._relevance import RelevanceTaps
 from ._taps import LayerTaps, layer_activations
 from ._topk import FoldRule, TopKState, nms_kernel
 from .mining_result import MiningResult
@@ -49,6 +52,14 @@ def mine_topk(
     num_workers: int = 0,
     verify: bool = False,
     shard: tuple[int, int] | None = None,
+    labels: Tensor | bool | None = None,
+    by_class: bool = False,
+    bottom_k: int = 0,
+    rank_by: RankBy = "activation",
+    target: int | str | None = None,
+    class_top_n: int | None = None,
+    quantiles: bool = False,
+    max_exemplar_bytes: int = 4 * 2**30,
 ) -> MiningResult:
     """Find, for every channel of every layer, the k strongest activations over a dataset.
 
@@ -88,6 +99,29 @@ def mine_topk(
             ``torch.distributed`` process group, the shard defaults to this process's
             rank, and every rank ends with the merged result of all ranks (see
             docs/mining-imagenet.md); each rank keeps its own checkpoint file.
+        labels: class labels, for the class statistics (:meth:`MiningResult.class_stats`):
+            a LongTensor ``[N]``, or True to read them from ``(image, label)`` items
+            (ImageFolder, :func:`~captum_deconvviz.zoo.default_sample`, a DataLoader of
+            such a dataset). -1 marks an image without a label. Each channel then keeps
+            the labels of its ``class_top_n`` strongest images (the class histogram) and
+            the exact per-class mean of its per-image maximum (the class selectivity).
+        by_class: also keep each class's own top-k per channel (``records(cls=...)``);
+            memory grows as layers x channels x classes x k.
+        bottom_k: also keep the ``bottom_k`` images whose maximum is lowest
+            (``records(kind="bottom")``): before a ReLU, the most negative responses.
+        rank_by: ``"activation"`` (Zeiler & Fergus) or ``"relevance"``: rank records by
+            the unit's activation times the gradient of ``target`` there (its
+            contribution to the target output), at the image's best position. Costs the
+            whole forward pass and a backward per batch. The statistics stay activations.
+        target: with ``rank_by="relevance"``: a class index, ``"label"`` (each image's
+            own, needs labels) or ``"predicted"`` (each image's top class).
+        class_top_n: images per channel behind the class histogram (default
+            ``max(k, 100)``; at least ``k``).
+        quantiles: keep every image's best value per channel, for exemplars at any
+            quantile (``records(kind="quantile", q=...)``): exact in this one pass, at
+            ``images x channels x 12`` bytes per layer.
+        max_exemplar_bytes: refuse, before a layer's state is allocated, exemplar
+            statistics (all of the above) that would need more memory than this.
 
     Returns:
         A :class:`~captum_deconvviz.mining_result.MiningResult`. Ties are broken by
@@ -117,7 +151,15 @@ def mine_topk(
         num_workers=num_workers,
         verify=verify,
         shard=shard,
+        labels=labels,
+        by_class=by_class,
+        bottom_k=bottom_k,
+        rank_by=rank_by,
+        target=target,
+        class_top_n=class_top_n,
+        quantiles=quantiles,
     )
+    check_int(max_exemplar_bytes, "max_exemplar_bytes", minimum=0)
     input_shape = tuple(_datasource.fetch(data, [config.order[0]]).shape[1:])
     work_model = _on_device(model, config.device)
     fingerprint = model_fingerprint(model)
@@ -132,7 +174,7 @@ def mine_topk(
         else Checkpoint(config.checkpoint, identity, config.checkpoint_every, data_fingerprint)
     )
     states, start = saver.resume(config.device) if saver is not None else ({}, 0)
-    folds = _Folds(states, config.k, _fold_rules(config, fields, field_errors))
+    folds = Folds(states, config.k, _fold_rules(config, fields, field_errors), config.exemplars, max_exemplar_bytes)
     end = _stream(work_model, data, config, folds, start, saver)
     if saver is not None:
         saver.save(states, end)
@@ -164,59 +206,30 @@ def _warn_if_short(config: MiningConfig, states: dict[str, TopKState]) -> None:
         )
 
 
-class _Folds:
-    """The taps' callback: folds each layer's output for the batch in flight into its top-k state."""
-
-    def __init__(self, states: dict[str, TopKState], k: int, rules: dict[str, FoldRule]) -> None:
-        self.states, self.k, self.rules = states, k, rules
-        self.index = torch.zeros(0, dtype=torch.long)  # dataset indices of the batch in flight
-
-    def __call__(self, name: str, acts: Tensor) -> None:
-        if name not in self.states:
-            _, c, h, w = acts.shape
-            _check_state_memory(name, c, self.k, acts.device)
-            self.states[name] = TopKState.empty(c, self.k, h, w, acts.device)
-        self.states[name].fold(acts, self.index, self.rules[name], name)
-
-
-#: Bytes per record slot of a top-k state: a float32 value and an int64 key.
-SLOT_BYTES = 12
-
-
-def _check_state_memory(layer: str, channels: int, k: int, device: torch.device) -> None:
-    """Refuse a ``k`` whose top-k state cannot fit in the device's memory, before allocating it.
-
-    The state is ``channels x k`` slots (see :data:`SLOT_BYTES`), allocated at the layer's first
-    batch; ``k=2**40`` used to try to allocate 17 TB there.
-    """
-    need = channels * k * SLOT_BYTES
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound known
-            return
-    if need > free // 2:
-        raise ValueError(
-            f"k={k} needs {need / 2**30:.3g} GiB for the top-k state of layer {layer!r} ({channels} channels x k x "
-            f"{SLOT_BYTES} bytes), more than half of the {free / 2**30:.3g} GiB of {device.type} memory: lower k "
-            "(unique='image' keeps at most one record per image and channel)"
-        )
-
-
 def _stream(
-    model: nn.Module, data: Any, config: MiningConfig, folds: _Folds, start: int, saver: Checkpoint | None
+    model: nn.Module, data: Any, config: MiningConfig, folds: Folds, start: int, saver: Checkpoint | None
 ) -> int:
     """Fold this shard's images from position ``start`` on; returns the position reached (its end)."""
     modules = {name: dict(model.named_modules())[split_layer_spec(name)[0]] for name in config.layers}
     bar = tqdm(total=len(config.order), initial=start, disable=not config.progress, unit="img", desc="mining")
-    batches = _datasource.batches(data, config.batch_size, start, config.num_workers, config.order)
+    batches = _datasource.labelled_batches(
+        data, config.batch_size, start, config.num_workers, config.order, config.labels
+    )
+    relevance = config.rank_by == "relevance"
+    assert not relevance or config.target is not None, "rank_by='relevance' is checked to come with a target"
+    # By relevance, the whole forward runs with autograd and a backward follows; by activation,
+    # the forward stops after the deepest layer, without autograd.
+    taps = RelevanceTaps(modules, config.target) if relevance else LayerTaps(modules, folds)  # type: ignore[arg-type]
     try:
-        with torch.no_grad(), EvalMode(model), LayerTaps(modules, folds) as taps:
-            for folds.index, images in batches:
+        with contextlib.nullcontext() if relevance else torch.no_grad(), EvalMode(model), taps:
+            for folds.index, images, folds.labels in batches:
                 check_dtype(images, model, "data (its images)")
-                taps.run(model, images.to(config.device, non_blocking=True))
+                images = images.to(config.device, non_blocking=True)
+                if isinstance(taps, RelevanceTaps):
+                    for name, (acts, relevances) in taps.run(model, images, folds.labels).items():
+                        folds(name, acts, relevances)
+                else:
+                    taps.run(model, images)
                 start += len(images)
                 bar.update(len(images))
                 if saver is not None:
@@ -281,6 +294,10 @@ def _result(
         "dataset_length": config.num_images,
         "shards": {"world": config.world, "ranks": [config.rank]},
     }
+    if config.exemplars.any or config.rank_by != "activation":
+        meta["exemplars"] = {**config.exemplars.to_dict(), "rank_by": config.rank_by, "target": config.target}
+    if config.class_names is not None:
+        meta["class_names"] = list(config.class_names)
     return MiningResult(
         {name: states[name] for name in config.layers},
         fields,

@@ -20,15 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from . import _datasource
-from ._checks import check_float, check_int, check_output_file
+from ._checks import check_choice, check_float, check_int, check_output_file
+from ._exemplar_state import ExemplarState
 from ._fingerprint import dataset_mismatch
 from ._forward import check_model
 from ._integrity import add_checksum, atomic_save, read_payload
+from ._ranking import f32_means
 from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
 from ._result_checks import InputChecks
 from ._result_io import RESULT_FORMAT, RESULT_KEYS, result_arguments, result_payload
 from ._taps import layer_activations
 from ._topk import TopKState, exact_mean
+from .exemplars import ClassStats, class_stats, quantile_rows, ranking_rows
 from .receptive_field import ReceptiveField
 
 # atomic_save lives in _integrity; it stays importable from here, where it used to be.
@@ -150,18 +153,159 @@ class MiningResult:
         assert checked is not None  # None is refused: allow_none is off
         return checked
 
-    def records(self, layer: str, channel: int) -> list[Record]:
-        """The channel's records, best first (fewer than k if fewer images were mined)."""
+    def records(
+        self, layer: str, channel: int, kind: str = "top", cls: int | None = None, q: float | None = None
+    ) -> list[Record]:
+        """The channel's records, best first (fewer than k if fewer images were mined).
+
+        Args:
+            layer: a mined layer.
+            channel: its channel.
+            kind: ``"top"``: the k strongest (ranked as mined: ``rank_by``);
+                ``"bottom"``: the ``bottom_k`` images whose best value is lowest (mined
+                with ``bottom_k``), lowest first; ``"quantile"``: the k images around
+                quantile ``q`` of the images' best values (mined with ``quantiles=True``;
+                see :func:`~captum_deconvviz.exemplars.quantile_rows`).
+            cls: with ``kind="top"``, the top-k among the images of class ``cls`` only
+                (mined with ``by_class=True``).
+            q: the quantile in [0, 1], with ``kind="quantile"``.
+
+        Returns:
+            :class:`Record` s: image index, unit ``(y, x)`` and value.
+
+        Raises:
+            ValueError: the kind was not mined, or an argument is out of range.
+
+        Example:
+            >>> result.records("features.9", 4, kind="bottom")[0]  # doctest: +SKIP
+            Record(index=17, y=2, x=6, value=-1.93)
+        """
         _, state = self._state(layer)
         channel = self._channel(state, channel)
-        plane = state.height * state.width
-        out = []
-        for value, key in zip(state.values[channel].tolist(), state.key[channel].tolist(), strict=True):
-            if key < 0:
-                break
-            index, position = divmod(key, plane)
-            out.append(Record(index, position // state.width, position % state.width, value))
-        return out
+        plane, width = state.height * state.width, state.width
+        kind = check_choice(kind, "kind", ("top", "bottom", "quantile"))
+        if cls is not None and kind != "top":
+            raise ValueError(f"cls picks a class's own top-k: it needs kind='top', got kind={kind!r}")
+        if q is not None and kind != "quantile":
+            raise ValueError(f"q is the quantile of kind='quantile', got kind={kind!r}")
+        if kind == "top" and cls is None:
+            return [Record(*place) for place in ranking_rows(state.values[channel], state.key[channel], plane, width)]
+        exemplars = self._exemplars(layer, state, kind, cls)
+        if kind == "quantile":
+            if q is None:
+                raise ValueError("kind='quantile' needs q, the quantile in [0, 1]")
+            quantile = check_float(q, "q", minimum=0.0, maximum=1.0)
+            best, position = exemplars.tables["image_best"][:, channel], exemplars.tables["image_position"][:, channel]
+            return [Record(*place) for place in quantile_rows(best, position, quantile, self.k, width)]
+        if kind == "bottom":
+            ranking = exemplars.rankings["bottom"]
+            return [
+                Record(*place) for place in ranking_rows(ranking.values[channel], ranking.key[channel], plane, width)
+            ]
+        assert cls is not None
+        ranking = exemplars.rankings["by_class"]
+        classes = max(exemplars.classes, len(self.class_names or []))
+        checked = check_int(cls, "cls", minimum=0, maximum=max(classes - 1, 0))
+        if checked is None or checked >= exemplars.classes:  # a named class that no mined image had
+            return []
+        values, key = ranking.values[channel, checked], ranking.key[channel, checked]
+        return [Record(*place) for place in ranking_rows(values, key, plane, width)]
+
+    def _exemplars(self, layer: str, state: TopKState, kind: str, cls: int | None) -> ExemplarState:
+        """The layer's exemplar state, if it holds ``kind``; else a ValueError saying how to mine it."""
+        exemplars = state.exemplars
+        needs = {"bottom": ("bottom", "bottom_k=N"), "quantile": ("image_best", "quantiles=True")}
+        name, option = needs.get(kind, ("by_class", "labels and by_class=True"))
+        if exemplars is None or (name not in exemplars.rankings and name not in exemplars.tables):
+            what = f"cls={cls}" if kind == "top" else f"kind={kind!r}"
+            raise ValueError(f"{what}: layer {layer!r} was not mined with {option} (see mine_topk)")
+        return exemplars
+
+    # ---- exemplars in context -----------------------------------------------------------
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the result was mined with labels (:meth:`class_stats` is available)."""
+        return bool(self._options().get("labels", False))
+
+    @property
+    def bottom_k(self) -> int:
+        """The bottom-k kept per channel (0: none; see :meth:`records`)."""
+        return int(self._options().get("bottom_k", 0))
+
+    @property
+    def rank_by(self) -> str:
+        """What records are ranked by: ``"activation"`` or ``"relevance"``."""
+        return str(self._options().get("rank_by", "activation"))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The data's class names (its ``classes``), where it had them and labels were mined."""
+        names = self.meta.get("class_names")
+        return list(names) if isinstance(names, list) else None
+
+    def _options(self) -> dict[str, Any]:
+        options = self.meta.get("exemplars")
+        return options if isinstance(options, dict) else {}
+
+    def class_stats(self, layer: str) -> ClassStats:
+        """Per-channel class histogram, class means, selectivity index and top class.
+
+        Args:
+            layer: a layer mined with ``labels``.
+
+        Returns:
+            :class:`~captum_deconvviz.exemplars.ClassStats`.
+
+        Raises:
+            ValueError: the result was mined without labels.
+
+        Example:
+            >>> stats = result.class_stats("features.9")  # doctest: +SKIP
+            >>> stats.selectivity.nanmean(), stats.name(int(stats.top_class[0]))
+        """
+        name, state = self._state(layer)
+        if state.exemplars is None or "class_top" not in state.exemplars.rankings:
+            raise ValueError(
+                f"layer {name!r} was mined without labels: pass labels=True (or a LongTensor) to mine_topk"
+            )
+        return class_stats(state.exemplars, self.class_names)
+
+    def class_units(self, layer: str, cls: int, n: int = 9) -> tuple[Tensor, Tensor]:
+        """The ``n`` channels of ``layer`` with the largest mean relevance for class ``cls``.
+
+        A channel's relevance for an image is its activation times the gradient of the
+        target output, summed over its positions; the mean runs over the images of class
+        ``cls``. Mined with ``rank_by="relevance"``, ``labels`` and ``target="label"``, that
+        is each image's relevance for its own class: which units matter for class ``cls``
+        (the question Concept Relevance Propagation answers). Draw their top-k with
+        :meth:`records` or :func:`~captum_deconvviz.plot_topk`.
+
+        Args:
+            layer: a layer mined with ``rank_by="relevance"`` and labels.
+            cls: the class.
+            n: how many channels.
+
+        Returns:
+            ``(channels [n], mean relevance [n])``, largest first (ties: the lower channel).
+
+        Example:
+            >>> channels, relevance = result.class_units("features.9", cls=3)  # doctest: +SKIP
+        """
+        name, state = self._state(layer)
+        exemplars = state.exemplars
+        if exemplars is None or "relevance_sum" not in exemplars.tables:
+            raise ValueError(
+                f"layer {name!r} was not mined with rank_by='relevance' and labels: class_units needs both"
+            )
+        checked = check_int(cls, "cls", minimum=0, maximum=max(exemplars.classes, 1) - 1)
+        count = check_int(n, "n", minimum=1, maximum=exemplars.channels)
+        assert checked is not None and count is not None
+        means = f32_means(exemplars.tables["relevance_sum"][:, checked], exemplars.tables["class_count"][:, checked])
+        if bool(torch.isnan(means).all()):
+            raise ValueError(f"cls={checked}: no mined image has this label")
+        order = torch.argsort(torch.nan_to_num(means, nan=float("-inf")), descending=True, stable=True)[:count]
+        return order, means[order]
 
     def stats(self, layer: str) -> ChannelStats:
         """Per-channel max, mean and fraction of images active; ``.dead`` flags dead filters."""
@@ -192,7 +336,17 @@ class MiningResult:
             raise ValueError("channel is empty: pass a channel, a non-empty list of channels, or None for all")
         return selection, False
 
-    def patches(self, data: Any, layer: str, channel: int | Sequence[int] | None = None, fill: float = 0.0) -> Crops:
+    def patches(
+        self,
+        data: Any,
+        layer: str,
+        channel: int | Sequence[int] | None = None,
+        fill: float = 0.0,
+        *,
+        kind: str = "top",
+        cls: int | None = None,
+        q: float | None = None,
+    ) -> Crops:
         """The input patches under the records' receptive fields.
 
         Args:
@@ -201,6 +355,7 @@ class MiningResult:
             channel: one channel (result ``[k, C, h, w]``), a list, or None for all
                 (result ``[channels, k, C, h, w]``).
             fill: value of pixels outside the image.
+            kind, cls, q: which records, as in :meth:`records` (default: the top-k).
 
         Returns:
             :class:`Crops` (images and valid mask). Channels with fewer than k records
@@ -219,7 +374,10 @@ class MiningResult:
             raise ValueError(f"fill must be a number, got {fill!r}")
         fill = float(fill)
         self._require_data(data)
-        return self._crops(("patches", layer, fill), None, data, layer, channel, fill, lambda images, _units: images)
+        which = self._which(layer, kind, cls, q)
+        return self._crops(
+            ("patches", layer, fill, *which), None, data, layer, channel, fill, lambda images, _units: images, which
+        )
 
     def projections(
         self,
@@ -229,6 +387,10 @@ class MiningResult:
         channel: int | Sequence[int] | None = None,
         seed: str = "activation",
         rules: str = "zf",
+        *,
+        kind: str = "top",
+        cls: int | None = None,
+        q: float | None = None,
     ) -> Crops:
         """DeconvNet projections of the records, cropped to their receptive fields.
 
@@ -246,6 +408,7 @@ class MiningResult:
             channel: as in :meth:`patches`.
             seed: ``"activation"`` or ``"one"``.
             rules: ``"zf"`` (DeconvNet) or ``"guided"``.
+            kind, cls, q: which records, as in :meth:`records` (default: the top-k).
 
         Returns:
             :class:`Crops`: projections ``[k, C, h, w]`` (or ``[channels, k, C, h, w]``)
@@ -271,7 +434,15 @@ class MiningResult:
         def project(images: Tensor, units: Tensor) -> Tensor:
             return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules)
 
-        return self._crops(("projections", layer, seed, rules), model, data, layer, channel, 0.0, project)
+        which = self._which(layer, kind, cls, q)
+        return self._crops(
+            ("projections", layer, seed, rules, *which), model, data, layer, channel, 0.0, project, which
+        )
+
+    def _which(self, layer: str, kind: str, cls: int | None, q: float | None) -> tuple[str, int | None, float | None]:
+        """The records' selection, checked now (on channel 0) rather than halfway through the crops."""
+        self.records(layer, 0, kind=kind, cls=cls, q=q)
+        return kind, cls, q
 
     # ---- the crop cache -------------------------------------------------------------------
 
@@ -323,25 +494,27 @@ class MiningResult:
         channels: Any,
         fill: float,
         make: Callable[[Tensor, Tensor], Tensor],
+        which: tuple[str, int | None, float | None] = ("top", None, None),
     ) -> Crops:
         selection, single = self._selection(layer, channels)
+        slots = self.bottom_k if which[0] == "bottom" else self.k
         field = self._field(layer)
         stamp = self._cache.stamp(model, data)
         if model is not None:
             state = stamp.model_state if stamp is not None else None
             self._inputs.require_model(model, "model", self.fingerprint, state=state)
         if stamp is None:
-            images, mask = self._compute_crops(data, layer, selection, fill, make, field)
+            images, mask = self._compute_crops(data, layer, selection, fill, make, field, which, slots)
         else:
             found, missing, prefetch = self._cache.lookup(group, stamp, selection)
             if missing:
-                per_channel = self.k * (self.input_shape[0] * 4 + 1) * field.size[0] * field.size[1]
+                per_channel = slots * (self.input_shape[0] * 4 + 1) * field.size[0] * field.size[1]
                 # What one computation holds besides its crops: a full-size projection per record.
-                per_channel = max(per_channel, self.k * 4 * _numel(self.input_shape))
+                per_channel = max(per_channel, slots * 4 * _numel(self.input_shape))
                 todo = list(missing)
                 if prefetch:  # a second request of this layer: compute ahead what the bound allows
                     todo += self._cache.prefetch_channels(group, missing, self.channels(layer), per_channel)
-                computed, computed_mask = self._compute_crops(data, layer, todo, fill, make, field)
+                computed, computed_mask = self._compute_crops(data, layer, todo, fill, make, field, which, slots)
                 for i, c in enumerate(todo):
                     self._cache.store(group, c, computed[i], computed_mask[i])
                     if c in missing:
@@ -360,14 +533,19 @@ class MiningResult:
         fill: float,
         make: Callable[[Tensor, Tensor], Tensor],
         field: ReceptiveField,
+        which: tuple[str, int | None, float | None],
+        slots: int,
     ) -> tuple[Tensor, Tensor]:
-        """Crops ``[len(selection), k, C, h, w]`` and masks of the selected channels' records."""
+        """Crops ``[len(selection), slots, C, h, w]`` and masks of the selected channels' records."""
+        kind, cls, q = which
         rows: list[tuple[int, int, Record]] = [
-            (c, slot, record) for c in selection for slot, record in enumerate(self.records(layer, c))
+            (c, slot, record)
+            for c in selection
+            for slot, record in enumerate(self.records(layer, c, kind=kind, cls=cls, q=q))
         ]
-        shape = (len(selection), self.k, self.input_shape[0], *field.size)
+        shape = (len(selection), slots, self.input_shape[0], *field.size)
         images = torch.full(shape, fill)
-        mask = torch.zeros((len(selection), self.k, *field.size), dtype=torch.bool)
+        mask = torch.zeros((len(selection), slots, *field.size), dtype=torch.bool)
         if rows:
             unique_indices = sorted({record.index for _, _, record in rows})
             where = {index: i for i, index in enumerate(unique_indices)}
@@ -511,6 +689,7 @@ class MiningResult:
                 ("input shape", first.input_shape, other.input_shape),
                 ("dataset length", first.meta.get("dataset_length"), other.meta.get("dataset_length")),
                 ("world size", first._shards()[0], other._shards()[0]),
+                ("exemplar options", first.meta.get("exemplars"), other.meta.get("exemplars")),
             ):
                 if a != b:
                     raise ValueError(f"cannot merge results that differ in {what}: {a!r} vs {b!r}")
