@@ -26,7 +26,8 @@ SECTIONS = {
         "plot_diagnosis", "plot_feature_evolution",
     ],
     "Comparison and sanity checks": [
-        "compare_methods", "ComparisonResult", "randomization_test", "RandomizationResult",
+        "compare_methods", "ComparisonResult", "randomization_test", "RandomizationResult", "exemplar_agreement",
+        "ExemplarAgreement",
     ],
     "Diagnostics": [
         "diagnose", "Diagnosis", "renormalize_filters_", "renormalize_after_step", "track_features", "FeatureEvolution",
