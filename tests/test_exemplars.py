@@ -1,0 +1,396 @@
+"""Exemplars in context (issue 16) against brute force: class statistics, selectivity, per-class
+top-k, bottom-k, quantiles and relevance, each across batch sizes, shards and a resume.
+
+The oracles are written here: every image's activations from plain forward hooks, the
+relevance from autograd with ``retain_grad``, exact class means as Python fractions, and
+rankings by sorting everything.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_rel_close
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_deconvviz import MiningResult, mine_topk
+from captum_deconvviz.data import find_cifar10, load_cifar10
+from captum_deconvviz.exemplars import selectivity_index
+from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, default_transform
+from captum_deconvviz.zoo.transforms import CIFAR10_MEAN, CIFAR10_STD
+
+LAYERS = ["features.4", "features.9"]  # after conv2's ReLU; conv4's ReLU
+K, BOTTOM, TOP_N = 5, 4, 30
+OPTIONS = {"labels": True, "by_class": True, "bottom_k": BOTTOM, "class_top_n": TOP_N, "quantiles": True}
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return ZFNetCIFAR((16, 24, 24, 32)).eval()
+
+
+@pytest.fixture(scope="module")
+def sample() -> TensorDataset:
+    """The shipped 1,000 CIFAR-10 test images with their labels (a label as a 0-d tensor)."""
+    data = default_sample()
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    return TensorDataset(images, torch.tensor(data.labels))
+
+
+def _oracle_maps(model: nn.Module, images: Tensor, target: Tensor | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per layer: activations and (with a target per image) activation x gradient of the target logit."""
+    kept: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
+            if target is not None:
+                out.retain_grad()
+            kept[name] = out
+
+        return hook
+
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_hook(keep(name)) for name in LAYERS]
+    try:
+        with torch.set_grad_enabled(target is not None):
+            logits = model(images)
+            if target is not None:
+                logits.gather(1, target.view(-1, 1)).sum().backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    model.zero_grad(set_to_none=True)
+    out = {}
+    for name, acts in kept.items():
+        relevance = acts * acts.grad if target is not None else acts
+        out[name] = (acts.detach(), relevance.detach())
+    return out
+
+
+def _per_image(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's best value per channel and its first flat position: ``[N, C]`` each."""
+    flat = maps.flatten(2)
+    best = flat.amax(dim=2)
+    first = torch.stack([(flat[:, c] == best[:, c : c + 1]).float().argmax(dim=1) for c in range(flat.shape[1])], 1)
+    return best, first
+
+
+def _ranked(values: list[float], ascending: bool) -> list[int]:
+    """Image indices by value (descending unless ``ascending``), ties to the lower index."""
+    return sorted(range(len(values)), key=lambda i: (values[i] if ascending else -values[i], i))
+
+
+@pytest.fixture(scope="module")
+def oracle(model: nn.Module, sample: TensorDataset) -> dict[str, tuple[Tensor, Tensor]]:
+    images = sample.tensors[0]
+    parts = [_oracle_maps(model, images[i : i + 250]) for i in range(0, len(images), 250)]
+    return {name: (torch.cat([p[name][0] for p in parts]), torch.cat([p[name][1] for p in parts])) for name in LAYERS}
+
+
+@pytest.fixture(scope="module")
+def mined(model: nn.Module, sample: TensorDataset) -> MiningResult:
+    return mine_topk(model, LAYERS, sample, k=K, batch_size=64, progress=False, **OPTIONS)
+
+
+def _places(records: list) -> list[tuple[int, int, int, float]]:
+    return [(r.index, r.y, r.x, r.value) for r in records]
+
+
+def _expected(best: Tensor, position: Tensor, order: list[int], width: int) -> list[tuple[int, int, int, float]]:
+    return [(i, int(position[i]) // width, int(position[i]) % width, float(best[i])) for i in order]
+
+
+def _check_class_stats(result: MiningResult, layer: str, best: Tensor, labels: list[int], top_n: int) -> None:
+    stats = result.class_stats(layer)
+    classes = max(labels) + 1
+    assert stats.histogram.shape == (best.shape[1], classes) and stats.top_n == top_n
+    for c in range(best.shape[1]):
+        values = best[:, c].tolist()
+        top = _ranked(values, ascending=False)[:top_n]
+        histogram = [sum(1 for i in top if labels[i] == cls) for cls in range(classes)]
+        assert stats.histogram[c].tolist() == histogram, (layer, c)
+        means = []
+        for cls in range(classes):
+            members = [Fraction(values[i]) for i in range(len(values)) if labels[i] == cls]
+            means.append(float(sum(members) / len(members)))
+        assert stats.class_means[c].tolist() == means, (layer, c)  # exact: correctly rounded
+        mu_max = max(means)
+        rest = list(means)
+        rest.remove(mu_max)
+        mu_rest = sum(rest) / len(rest)
+        if mu_max + mu_rest == 0:
+            assert math.isnan(float(stats.selectivity[c]))
+        else:
+            assert float(stats.selectivity[c]) == pytest.approx((mu_max - mu_rest) / (mu_max + mu_rest), rel=1e-12)
+        assert int(stats.top_class[c]) == means.index(mu_max)
+
+
+def _check_rankings(
+    result: MiningResult, layer: str, maps: Tensor, labels: list[int], channels: range, quantiles: bool = True
+) -> None:
+    best, position = _per_image(maps)
+    width = maps.shape[3]
+    for c in channels:
+        values = best[:, c].tolist()
+        ascending = _ranked(values, ascending=True)
+        bottom = _expected(best[:, c], position[:, c], ascending[:BOTTOM], width)
+        assert _places(result.records(layer, c, kind="bottom")) == bottom, (layer, c)
+        for cls in (0, 7):
+            members = [i for i in _ranked(values, ascending=False) if labels[i] == cls][:K]
+            expected = _expected(best[:, c], position[:, c], members, width)
+            assert _places(result.records(layer, c, cls=cls)) == expected, (layer, c, cls)
+        for q in (0.0, 0.5, 0.9, 1.0) if quantiles else ():
+            rank = math.floor(q * (len(ascending) - 1) + 0.5)
+            first = min(max(rank - K // 2, 0), len(ascending) - K)
+            window = sorted(ascending[first : first + K], key=lambda i: (-values[i], i))
+            expected = _expected(best[:, c], position[:, c], window, width)
+            assert _places(result.records(layer, c, kind="quantile", q=q)) == expected, (layer, c, q)
+
+
+def test_class_statistics_equal_brute_force(mined: MiningResult, oracle, sample: TensorDataset) -> None:
+    for layer in LAYERS:
+        _check_class_stats(mined, layer, _per_image(oracle[layer][0])[0], sample.tensors[1].tolist(), TOP_N)
+    assert mined.class_names is None  # a TensorDataset names no classes (class folders do: below)
+
+
+def test_selectivity_index_by_hand() -> None:
+    nan = float("nan")
+    means = torch.tensor(
+        [[4.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.0, 0.0, 0.0], [5.0, nan, 1.0], [3.0, nan, nan], [1.0, 3.0, 3.0]],
+        dtype=torch.float64,
+    )
+    selectivity, top = selectivity_index(means)
+    assert selectivity[0] == pytest.approx(0.6)  # (4 - 1) / (4 + 1)
+    assert selectivity[1] == 0.0 and int(top[1]) == 0  # ties: the lowest class
+    assert math.isnan(selectivity[2])  # a dead channel: 0 / 0
+    assert selectivity[3] == pytest.approx(4 / 6)  # the class without images is left out
+    assert math.isnan(selectivity[4]) and int(top[4]) == 0  # one class: undefined
+    assert int(top[5]) == 1 and selectivity[5] == pytest.approx(1 / 5)
+
+
+def test_bottom_by_class_and_quantiles_equal_brute_force(mined: MiningResult, oracle, sample: TensorDataset) -> None:
+    for layer in LAYERS:
+        maps = oracle[layer][0]
+        _check_rankings(mined, layer, maps, sample.tensors[1].tolist(), range(0, maps.shape[1], 3))
+
+
+def _assert_same(a: MiningResult, b: MiningResult) -> None:
+    for layer in a.layers:
+        for c in range(a.channels(layer)):
+            for kind, cls, q in (
+                ("top", None, None),
+                ("bottom", None, None),
+                ("top", 3, None),
+                ("quantile", None, 0.7),
+            ):
+                assert a.records(layer, c, kind=kind, cls=cls, q=q) == b.records(layer, c, kind=kind, cls=cls, q=q)
+        sa, sb = a.class_stats(layer), b.class_stats(layer)
+        for name in ("histogram", "class_means", "counts", "top_class"):
+            assert torch.equal(getattr(sa, name), getattr(sb, name)), (layer, name)
+        assert torch.equal(sa.selectivity.nan_to_num(-9), sb.selectivity.nan_to_num(-9))
+
+
+@pytest.mark.parametrize("batch_size", [8, 30, 1000])
+def test_every_batch_size_gives_the_same_exemplars(model, sample, mined: MiningResult, batch_size: int) -> None:
+    # The state is exact given the activations. (At batch size 1, torch's CPU convolutions take
+    # another path and round activations differently, so no size here leaves a last batch of 1.)
+    _assert_same(mine_topk(model, LAYERS, sample, k=K, batch_size=batch_size, progress=False, **OPTIONS), mined)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_merge_into_the_same_exemplars(model, sample, mined: MiningResult, world: int) -> None:
+    shards = [
+        mine_topk(model, LAYERS, sample, k=K, batch_size=50, progress=False, shard=(r, world), **OPTIONS)
+        for r in range(world)
+    ]
+    _assert_same(MiningResult.merge(shards[::-1]), mined)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_gives_the_same_exemplars_and_other_options_are_refused(
+    model, sample, mined: MiningResult, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "state.pt"
+    calls = {"n": 0}
+
+    def crash(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise _Interrupt
+
+    handle = model.features[0].register_forward_hook(crash)
+    try:
+        with pytest.raises(_Interrupt):
+            mine_topk(model, LAYERS, sample, k=K, batch_size=64, progress=False, checkpoint=checkpoint,
+                      checkpoint_every=0, **OPTIONS)  # fmt: skip
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match="other arguments \\(exemplars"):
+        mine_topk(model, LAYERS, sample, k=K, batch_size=64, progress=False, checkpoint=checkpoint, labels=True)
+    resumed = mine_topk(model, LAYERS, sample, k=K, batch_size=64, progress=False, checkpoint=checkpoint, **OPTIONS)
+    _assert_same(resumed, mined)
+    path = tmp_path / "result.pt"
+    resumed.save(path)
+    _assert_same(MiningResult.load(path), mined)
+
+
+def test_relevance_ranking_and_class_units_equal_autograd(model: nn.Module, sample: TensorDataset) -> None:
+    order = torch.tensor([c * 100 + i for i in range(20) for c in range(10)])  # 20 of every class
+    images, labels = sample.tensors[0][order], sample.tensors[1][order]
+    data = TensorDataset(images, labels)
+    oracle = _oracle_maps(model, images, target=labels)
+    results = [
+        mine_topk(model, LAYERS, data, k=K, batch_size=b, progress=False, labels=True, bottom_k=3,
+                  rank_by="relevance", target="label")
+        for b in (16, 200)
+    ]  # fmt: skip
+    for layer in LAYERS:
+        acts, relevance = oracle[layer]
+        best, position = _per_image(relevance)
+        width = acts.shape[3]
+        for result in results:
+            assert result.rank_by == "relevance"
+            for c in range(acts.shape[1]):
+                got = result.records(layer, c)
+                order = _ranked(best[:, c].tolist(), ascending=False)[:K]
+                # the same images at the same units, the values within float32 rounding of the oracle
+                assert [(r.index, r.y, r.x) for r in got] == [
+                    p[:3] for p in _expected(best[:, c], position[:, c], order, width)
+                ]
+                assert_rel_close(torch.tensor([r.value for r in got]), best[order, c])
+            sums = relevance.sum(dim=(2, 3))
+            for cls in (2, 5):
+                members = (labels == cls).nonzero().flatten()
+                means = torch.tensor([float(sum(Fraction(float(v)) for v in sums[members, c]) / len(members))
+                                      for c in range(sums.shape[1])], dtype=torch.float64)  # fmt: skip
+                channels, values = result.class_units(layer, cls, n=4)
+                assert channels.tolist() == torch.argsort(means, descending=True, stable=True)[:4].tolist()
+                assert_rel_close(values, means[channels], rel=1e-5)
+        # the statistics stay activations
+        stats = results[0].stats(layer)
+        assert torch.equal(stats.maximum, acts.amax(dim=(0, 2, 3)))
+    _assert_relevance_equal(results[0], results[1])
+
+
+def _assert_relevance_equal(a: MiningResult, b: MiningResult) -> None:
+    for layer in a.layers:
+        for c in range(a.channels(layer)):
+            assert a.records(layer, c) == b.records(layer, c)
+            assert a.records(layer, c, kind="bottom") == b.records(layer, c, kind="bottom")
+
+
+def test_labels_come_from_every_data_form(model: nn.Module, sample: TensorDataset) -> None:
+    images, labels = sample.tensors[0][:120], sample.tensors[1][:120]
+    given = mine_topk(model, LAYERS[:1], images, k=3, progress=False, labels=labels)
+    from_items = mine_topk(model, LAYERS[:1], TensorDataset(images, labels), k=3, progress=False, labels=True)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=25)
+    from_loader = mine_topk(model, LAYERS[:1], loader, k=3, progress=False, labels=True)
+    for result in (from_items, from_loader):
+        a, b = given.class_stats(LAYERS[0]), result.class_stats(LAYERS[0])
+        assert torch.equal(a.histogram, b.histogram) and torch.equal(a.class_means, b.class_means)
+    assert given.has_labels and given.bottom_k == 0 and given.class_names is None
+
+
+def test_class_folders_give_their_class_names(model: nn.Module, tmp_path: Path) -> None:
+    sample = default_sample(transform=lambda image: image)
+    for i in range(12):
+        folder = tmp_path / ("<b>cat<\\b>" if i % 3 else "dog")  # a folder name cannot hold "/"
+        folder.mkdir(exist_ok=True)
+        sample[i][0].save(folder / f"{i}.png")
+    from captum_deconvviz.data import ImageFiles
+
+    data = ImageFiles(tmp_path, transform=default_transform())
+    result = mine_topk(model, LAYERS[:1], data, k=2, progress=False, labels=True)
+    stats = result.class_stats(LAYERS[0])
+    assert result.class_names == ["<b>cat<\\b>", "dog"] and stats.counts[0].tolist() == [8, 4]
+    assert stats.name(0) == "<b>cat<\\b>"
+
+
+def test_unlabelled_images_are_left_out_of_class_statistics(model: nn.Module, sample: TensorDataset) -> None:
+    images, labels = sample.tensors[0][:60], sample.tensors[1][:60].clone()
+    labels[::2] = -1
+    result = mine_topk(model, LAYERS[:1], images, k=3, progress=False, labels=labels)
+    stats = result.class_stats(LAYERS[0])
+    assert int(stats.counts[0].sum()) == 30 and int(stats.histogram.sum(dim=1).max()) <= 30
+
+
+def test_misuse_gives_clear_errors(model: nn.Module, sample: TensorDataset, mined: MiningResult) -> None:
+    images = sample.tensors[0][:20]
+    cases = [
+        ({"labels": True}, TypeError, "labels=True reads labels from"),
+        ({"labels": torch.zeros(3, dtype=torch.long)}, ValueError, "labels holds 3 labels, but data holds 20"),
+        ({"labels": torch.zeros(20)}, ValueError, "labels must be an integer tensor"),
+        ({"labels": torch.full((20,), -2)}, ValueError, "labels must be class indices >= 0"),
+        ({"labels": "yes"}, TypeError, "labels must be None, True or a LongTensor"),
+        ({"by_class": True}, ValueError, "by_class=True needs labels"),
+        ({"bottom_k": True}, TypeError, "bottom_k"),
+        ({"bottom_k": -1}, ValueError, "bottom_k"),
+        ({"rank_by": "gradient"}, ValueError, "rank_by"),
+        ({"rank_by": "relevance"}, TypeError, "target must be a class index"),
+        ({"rank_by": "relevance", "target": "label"}, ValueError, "target='label' needs labels"),
+        ({"rank_by": "relevance", "target": -3}, ValueError, "target must be a class index >= 0"),
+        ({"target": 3}, ValueError, "target=3 is used only with rank_by='relevance'"),
+        ({"rank_by": "relevance", "target": 1, "verify": True}, ValueError, "cannot check rank_by='relevance'"),
+        ({"labels": torch.zeros(20, dtype=torch.long), "class_top_n": 2}, ValueError, "class_top_n"),
+        ({"quantiles": 1}, TypeError, "quantiles"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            mine_topk(model, LAYERS, images, k=3, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="target 10 is out of range: the model has 10 outputs"):
+        mine_topk(model, LAYERS, images, k=3, progress=False, rank_by="relevance", target=10)
+    with pytest.raises(ValueError, match="more than max_exemplar_bytes"):
+        mine_topk(model, LAYERS, sample, k=3, progress=False, labels=True, quantiles=True, max_exemplar_bytes=10_000)
+    plain = mine_topk(model, LAYERS, images, k=3, progress=False)
+    with pytest.raises(ValueError, match="mined without labels"):
+        plain.class_stats(LAYERS[0])
+    with pytest.raises(ValueError, match="was not mined with bottom_k"):
+        plain.records(LAYERS[0], 0, kind="bottom")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        mined.records(LAYERS[0], 0, kind="worst")
+    with pytest.raises(ValueError, match="q must be"):
+        mined.records(LAYERS[0], 0, kind="quantile", q=1.5)
+    with pytest.raises(ValueError, match="needs q"):
+        mined.records(LAYERS[0], 0, kind="quantile")
+    with pytest.raises(ValueError, match="cls must be"):
+        mined.records(LAYERS[0], 0, cls=10)
+    with pytest.raises(ValueError, match="needs kind='top'"):
+        mined.records(LAYERS[0], 0, kind="bottom", cls=1)
+    with pytest.raises(ValueError, match="class_units needs both"):
+        mined.class_units(LAYERS[0], 1)
+
+
+def test_bottom_patches_and_projections_follow_their_records(model, sample, mined: MiningResult) -> None:
+    layer = LAYERS[1]
+    field = mined.fields[layer]
+    assert field is not None
+    crops = mined.patches(sample, layer, 2, kind="bottom")
+    assert crops.images.shape[0] == BOTTOM
+    for slot, record in enumerate(mined.records(layer, 2, kind="bottom")):
+        expected = field.crop(sample[record.index][0], record.y, record.x)
+        assert torch.equal(crops.images[slot], expected)
+    projections = mined.projections(model, sample, layer, [0, 2], kind="top", cls=4)
+    assert projections.images.shape[:2] == (2, K)
+
+
+@pytest.mark.skipif(
+    find_cifar10() is None, reason="needs the CIFAR-10 zips (see data.find_cifar10); the shipped sample covers the rest"
+)
+def test_two_thousand_cifar_images_equal_brute_force(model: nn.Module) -> None:
+    images, labels, _ = load_cifar10("test", limit=2000)  # 200 of each class
+    images = (images.float() / 255 - torch.tensor(CIFAR10_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    result = mine_topk(model, LAYERS, images, k=K, batch_size=100, progress=False, labels=labels, by_class=True,
+                       bottom_k=BOTTOM, quantiles=True)  # fmt: skip
+    for layer in LAYERS:
+        maps = torch.cat([_oracle_maps(model, images[i : i + 500])[layer][0] for i in range(0, 2000, 500)])
+        _check_class_stats(result, layer, _per_image(maps)[0], labels.tolist(), 100)
+        _check_rankings(result, layer, maps, labels.tolist(), range(maps.shape[1]))
