@@ -146,13 +146,18 @@ class ExemplarState:
             self.rankings["by_class"] = grown
         self.classes = classes
 
+    @property
+    def needs_positions(self) -> bool:
+        """Whether :meth:`fold` needs each image's best position (it keeps records of images)."""
+        return self.options.bottom_k > 0 or self.options.by_class or self.options.quantiles
+
     # ---- updates --------------------------------------------------------------------
 
     def fold(
         self,
         act_best: Tensor,
         score_best: Tensor,
-        score_position: Tensor,
+        score_position: Tensor | None,
         index: Tensor,
         labels: Tensor | None,
         channel_relevance: Tensor | None = None,
@@ -162,7 +167,8 @@ class ExemplarState:
         Args:
             act_best: ``[B, C]`` each image's maximum activation (-inf: no finite one).
             score_best: ``[B, C]`` each image's best score (-inf: none).
-            score_position: ``[B, C]`` the flat position of that score (first on ties).
+            score_position: ``[B, C]`` the flat position of that score (first on ties); may be
+                None when :attr:`needs_positions` is False.
             index: ``[B]`` dataset indices.
             labels: ``[B]`` class labels (-1: unknown), or None without labels.
             channel_relevance: ``[B, C]`` relevance summed over positions (relevance runs with labels).
@@ -170,11 +176,13 @@ class ExemplarState:
         device = act_best.device
         index = index.to(device)
         b, c = act_best.shape
-        keys = (index.view(-1, 1) * self.plane + score_position).t()  # [C, B]
+        keys = (index.view(-1, 1) * self.plane + score_position).t() if score_position is not None else None  # [C, B]
         if self.options.bottom_k > 0:
+            assert keys is not None and score_position is not None
             bottom = torch.where(score_best > float("-inf"), score_best, float("inf")).t()
             self.rankings["bottom"].offer(bottom, keys, _label_row(labels, b, device))
         if self.options.quantiles:
+            assert score_position is not None
             self.tables["image_best"][index] = score_best.float()
             self.tables["image_position"][index] = score_position
         if labels is None:
@@ -195,28 +203,34 @@ class ExemplarState:
                 self.tables["relevance_sum"], channel * self.classes + labels[image], channel_relevance[image, channel]
             )
         if self.options.by_class:
+            assert keys is not None
             self._fold_by_class(score_best, keys, labels)
 
     def _fold_by_class(self, score_best: Tensor, keys: Tensor, labels: Tensor) -> None:
         """Each class present in the batch offers its images to its own rows, in one ranking step."""
-        present, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-        keep = present >= 0
-        if not bool(keep.any()):
+        known = (labels >= 0).nonzero().flatten()
+        if len(known) == 0:
             return
+        labels, score_best, keys = labels[known], score_best[known], keys[:, known]
+        present, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
         width = int(counts.max())
         order = torch.argsort(inverse, stable=True)  # images grouped by class, ascending index
         group = inverse[order]
         slot = torch.arange(len(labels), device=labels.device) - (torch.cumsum(counts, 0) - counts)[group]
-        c = score_best.shape[1]
-        values = torch.full((c, len(present), width), float("-inf"), device=labels.device)
-        key = torch.full((c, len(present), width), NO_KEY, dtype=torch.long, device=labels.device)
-        values[:, group, slot] = score_best[order].t().float()
-        key[:, group, slot] = keys[:, order]
+        row = group * width + slot  # the image's row in the [P * width, C] buffers below
+        c, p = score_best.shape[1], len(present)
+        # [P * width, C] buffers filled by whole rows (one image each), then seen as [C, P, width].
+        values = torch.full((p * width, c), float("-inf"), device=labels.device)
+        key = torch.full((p * width, c), NO_KEY, dtype=torch.long, device=labels.device)
+        values.index_copy_(0, row, score_best[order].float())
+        key.index_copy_(0, row, keys.t()[order])
         ranking = self.rankings["by_class"]
-        chosen = present[keep]
-        part = Ranking(ranking.values[:, chosen], ranking.key[:, chosen], ranking.label[:, chosen])
-        part.offer(values[:, keep], key[:, keep], chosen.view(1, -1, 1))
-        ranking.values[:, chosen], ranking.key[:, chosen], ranking.label[:, chosen] = part.values, part.key, part.label
+        part = Ranking(*(t.index_select(1, present) for t in (ranking.values, ranking.key, ranking.label)))
+        part.offer(
+            values.view(p, width, c).permute(2, 0, 1), key.view(p, width, c).permute(2, 0, 1), present.view(1, -1, 1)
+        )
+        for name in ("values", "key", "label"):
+            getattr(ranking, name).index_copy_(1, present, getattr(part, name))
 
     def merge(self, other: ExemplarState) -> None:
         """Become the state of the union of both streams."""

@@ -55,7 +55,9 @@ class Folds:
             self._check_exemplar_memory()
         best, score_flat = state.fold(acts, self.index, self.rules[name], name, scores)
         if state.exemplars is not None:
-            score_best, position = score_flat.amax(dim=2), score_flat.argmax(dim=2)  # argmax: the first on ties
+            score_best = best if scores is None else score_flat.amax(dim=2)
+            # Where each image's best is (argmax: the first on ties) matters to its records only.
+            position = score_flat.argmax(dim=2) if state.exemplars.needs_positions else None
             relevance = scores.detach().float().sum(dim=(2, 3)) if scores is not None else None
             state.exemplars.fold(best, score_best, position, self.index, self.labels, relevance)
 

@@ -74,14 +74,21 @@ class Ranking:
         """Keep the best ``n`` of the rows and the candidates ``[..., M]`` (empty value: no candidate)."""
         values = values.float()
         worst = self.values[..., -1:]
-        better = values >= worst if self.descending else values <= worst
-        if not bool((better & (values != self.empty_value)).any()):  # most batches of a long stream
+        better = (values >= worst if self.descending else values <= worst) & (values != self.empty_value)
+        most = int(better.sum(dim=-1).max()) if better.numel() else 0
+        if most == 0:  # most batches of a long stream bring nothing
             return
+        label = label.expand_as(key)
+        if most < values.shape[-1]:
+            # Only candidates that can enter take part in the ranking: each row's are among its
+            # ``most`` best (those ranking below its worst record are dropped whichever they are).
+            chosen = torch.topk(values, most, dim=-1, largest=self.descending).indices
+            values, key, label = values.gather(-1, chosen), key.gather(-1, chosen), label.gather(-1, chosen)
         key = torch.where(values == self.empty_value, NO_KEY, key)
         all_values, all_keys, order = rank_rows(
             torch.cat([self.values, values], dim=-1), torch.cat([self.key, key], dim=-1), self.descending
         )
-        labels = torch.cat([self.label, label.expand_as(key)], dim=-1).gather(-1, order)
+        labels = torch.cat([self.label, label], dim=-1).gather(-1, order)
         n = self.values.shape[-1]
         self.values, self.key = all_values[..., :n].contiguous(), all_keys[..., :n].contiguous()
         self.label = torch.where(self.key == NO_KEY, NO_KEY, labels[..., :n]).contiguous()

@@ -220,7 +220,8 @@ class TopKState:
         score_flat, score_best = flat, best
         if scores is not None:
             score_flat = scores.detach().reshape(b, c, h * w)
-            if not bool(torch.isfinite(score_flat).all()):
+            # NaN and Inf reach the sums (an overflowed sum is looked at closer, and let through)
+            if not bool(torch.isfinite(score_flat.sum(dim=2)).all()):
                 skipped = _skip_nans(score_flat, index, rule.nan, f"{layer} (its relevance)")
                 score_flat = skipped[0] if skipped is not None else score_flat
             score_best, acts = score_flat.amax(dim=2), score_flat.view(b, c, h, w)

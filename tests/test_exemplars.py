@@ -394,3 +394,12 @@ def test_two_thousand_cifar_images_equal_brute_force(model: nn.Module) -> None:
         maps = torch.cat([_oracle_maps(model, images[i : i + 500])[layer][0] for i in range(0, 2000, 500)])
         _check_class_stats(result, layer, _per_image(maps)[0], labels.tolist(), 100)
         _check_rankings(result, layer, maps, labels.tolist(), range(maps.shape[1]))
+
+
+def test_non_finite_relevance_raises_or_is_skipped(model: nn.Module, sample: TensorDataset) -> None:
+    images = sample.tensors[0][:40].clone()
+    images[7, :, 3, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"images \[7\]"):
+        mine_topk(model, LAYERS, images, k=3, progress=False, rank_by="relevance", target=2)
+    result = mine_topk(model, LAYERS, images, k=3, progress=False, rank_by="relevance", target=2, nan="skip")
+    assert all(r.index != 7 for c in range(result.channels(LAYERS[1])) for r in result.records(LAYERS[1], c))
