@@ -33,7 +33,7 @@ LAYERS: dict[int, set[str]] = {
         "_exemplar_state", "_relevance", "exemplars", "_exemplar_records", "_exemplar_agreement", "_ranking",
         "_mining_folds",
     },
-    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures"},
+    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures", "_class_figures"},
     7: {
         "report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train", "explorer", "_explorer_data",
         "_explorer_images", "_explorer_pages",
