@@ -567,11 +567,17 @@ class MiningResult:
             The number of records checked.
 
         Raises:
-            ValueError: ``data`` is not the mined data (see :meth:`check_data`).
+            ValueError: ``data`` is not the mined data (see :meth:`check_data`), or the records
+                are ranked by relevance (``rank_by="relevance"``), not activation.
             MiningVerificationError: listing the records whose value was not reproduced.
         """
         check_float(rtol, "rtol", minimum=0.0)
         check_float(atol, "atol", minimum=0.0)
+        if self.rank_by != "activation":
+            raise ValueError(
+                f"verify checks activations, but this result's records are ranked by {self.rank_by} (rank_by="
+                f"{self.rank_by!r}): their values are not activations"
+            )
         self._require_data(data)
         indices = sorted(
             {r.index for layer in self.layers for c in range(self.channels(layer)) for r in self.records(layer, c)}

@@ -8,6 +8,7 @@ rankings by sorting everything.
 
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -403,3 +404,49 @@ def test_non_finite_relevance_raises_or_is_skipped(model: nn.Module, sample: Ten
         mine_topk(model, LAYERS, images, k=3, progress=False, rank_by="relevance", target=2)
     result = mine_topk(model, LAYERS, images, k=3, progress=False, rank_by="relevance", target=2, nan="skip")
     assert all(r.index != 7 for c in range(result.channels(LAYERS[1])) for r in result.records(LAYERS[1], c))
+
+
+def test_relevance_mining_leaves_a_train_mode_model_as_it_was(snapshot, sample: TensorDataset) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    model.train()
+    model[4].weight.requires_grad_(False)  # a frozen layer: relevance still flows through it
+    before = snapshot(model)
+    images, labels = sample.tensors[0][:48], sample.tensors[1][:48]
+    result = mine_topk(model, ["1", "5"], images, k=3, progress=False, labels=labels, rank_by="relevance",
+                       target="predicted", bottom_k=2, by_class=True)  # fmt: skip
+    before.assert_unchanged(model)
+    # The oracle: an eval-mode copy whose ReLUs are not in place (so the BatchNorm output that
+    # the in-place ReLU overwrites in the model stays whole), autograd with retain_grad.
+    reference = copy.deepcopy(model).eval()
+    for module in reference.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    with torch.no_grad():
+        predicted = reference(images).argmax(dim=1)
+    kept: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
+            out.retain_grad()
+            kept[name] = out
+
+        return hook
+
+    hooks = [reference[int(n)].register_forward_hook(keep(n)) for n in ("1", "5")]
+    reference(images).gather(1, predicted.view(-1, 1)).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    oracle = {name: (acts * acts.grad).detach().flatten(2).amax(dim=2) for name, acts in kept.items()}
+    # The statistics are of the layer's own output (BatchNorm's, before the in-place ReLU).
+    assert_rel_close(result.stats("1").mean, kept["1"].detach().double().mean(dim=(0, 2, 3)).float())
+    for name in ("1", "5"):
+        for c in range(8):
+            top = result.records(name, c)
+            expected = _ranked(oracle[name][:, c].tolist(), ascending=False)[:3]
+            assert [r.index for r in top] == expected
+    with pytest.raises(ValueError, match="verify checks activations"):
+        result.verify(model, images)
