@@ -12,6 +12,7 @@ from .diagnose import (
     track_features,
 )
 from .engine import ReverseRules
+from .explorer import write_explorer
 from .mining import mine_topk
 from .mining_result import ChannelStats, Crops, MiningResult, Record
 from .projection import project_records, project_units
@@ -77,3 +78,4 @@ __all__ = [
     "renormalize_filters_",
     "track_features",
 ]
+    "write_explorer",
