@@ -1,0 +1,160 @@
+"""The offline explorer: one folder that a browser opens from disk, with no server and no network.
+
+:func:`write_explorer` writes ``index.html``, the page's script and style (plain HTML, CSS and
+JavaScript shipped in ``captum_deconvviz/explorer_assets``: no framework, no build step, no
+CDN), a few sheet images per layer and the lecture's figures. The page reads its data from
+JSON embedded in ``index.html`` (numbers and strings only; :mod:`._explorer_data`), shows every
+string from the model, the files or the classes as text, and loads a sheet only when a channel
+in it is shown. A Content-Security-Policy lets only the bundled script run.
+
+The layout of the page: layers and the lecture's views on the left; a layer is a sortable,
+filterable table of its channels (max, mean, fraction active, dead, and selectivity, top class
+and DeconvNet/Guided Backprop agreement where they were computed) with each channel's top-1
+projection; a channel is its top-k patches beside their projections (and Guided Backprop's, and
+the bottom-k and class histogram where mined); clicking a patch shows the whole image with the
+receptive-field box and Captum's overlays. Every channel has a permanent address,
+``index.html#features.7/43``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import _explorer_data as data_json
+from . import _report_sections as sections
+from ._explorer_pages import image_sheets, layer_page
+from .compare import ComparisonResult
+from .diagnose import Diagnosis
+from .mining_result import Crops, MiningResult
+from .viz import hierarchy_channels
+
+__all__ = ["ASSETS", "write_explorer"]
+
+#: The files of the page copied into every explorer (from ``captum_deconvviz/explorer_assets``).
+ASSETS = ("explorer.js", "explorer.css")
+_SLOTS = re.compile(r"<!--(DATA|VIEWS|TITLE)-->")
+
+
+def _asset(name: str) -> str:
+    return resources.files("captum_deconvviz").joinpath("explorer_assets").joinpath(name).read_text(encoding="utf-8")
+
+
+def write_explorer(
+    out: str | Path,
+    model: nn.Module,
+    data: Any,
+    result: MiningResult,
+    *,
+    title: str = "DeconvNet explorer",
+    denormalize: Callable[[Tensor], Tensor] | None = None,
+    first_layer: nn.Module | None = None,
+    image_labels: Sequence[str] | None = None,
+    command: Sequence[str] | None = None,
+    model_name: str = "",
+    data_name: str = "",
+    diagnosis: Diagnosis | None = None,
+    comparison: ComparisonResult | None = None,
+    guided: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Write the explorer folder: ``index.html``, its script and style, and packed images.
+
+    The folder opens from disk (``file://``) in any current browser, with no server and no
+    network, and can be zipped or put on a static host as it is. Its path is recorded in
+    ``result.meta["explorer"]``.
+
+    Args:
+        out: the folder (created; files of the same names are replaced).
+        model: the mined model (for projections, filters and the receptive-field table).
+        data: the mined data.
+        result: the mining result.
+        title: the page title.
+        denormalize: maps data images to [0, 1] RGB for display.
+        first_layer: the convolution whose filters to draw; default the model's first
+            ``Conv2d`` with 1 or 3 input channels.
+        image_labels: a label per data image (e.g. its file name), shown with each record.
+        command: the command line that made the explorer (shown for reproducibility).
+        model_name: the model's description in the header.
+        data_name: the data's description in the header.
+        diagnosis: a :class:`~captum_deconvviz.Diagnosis` to show (table and figure).
+        comparison: a :class:`~captum_deconvviz.ComparisonResult` to show (table and figure).
+        guided: also show each record's Guided Backprop projection beside the DeconvNet one
+            (one more projection pass per layer), and their agreement where the package
+            computes it.
+        progress: show a progress bar.
+
+    Returns:
+        The path of ``index.html``.
+
+    Example:
+        >>> from captum_deconvviz.zoo import load_default_model, default_sample, denormalize
+        >>> model, data = load_default_model(), default_sample()
+        >>> result = mine_topk(model, ["features.1", "features.9"], data)  # doctest: +SKIP
+        >>> write_explorer("explorer", model, data, result, denormalize=denormalize)  # doctest: +SKIP
+        PosixPath('explorer/index.html')
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ASSETS:
+        (folder / name).write_text(_asset(name), encoding="utf-8")
+    stems = sections.unique_stems(result.layers)
+    shown = hierarchy_channels(result)
+    slots = data_json.ImageSlots()
+    layers, hierarchy = [], {}
+    for layer in tqdm(result.layers, disable=not progress, desc="explorer", unit="layer"):
+        layers.append(layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots))
+        if result.fields.get(layer) is not None:
+            crops = result.projections(model, data, layer, shown[layer])  # cached by the layer's page
+            hierarchy[layer] = Crops(crops.images, crops.mask)
+    views = [
+        ("about", "About", sections.header(title, result, model_name or type(model).__name__, data_name, command)),
+        ("filters", "First-layer filters", sections.filters_section(folder, model, first_layer)),
+        ("hierarchy", "Hierarchy", sections.hierarchy_section(folder, result, data, hierarchy, denormalize)),
+        ("fields", "Receptive fields", sections.receptive_field_section(model, result.input_shape)),
+    ]
+    if diagnosis is not None:
+        views.append(("diagnostics", "Diagnostics", sections.diagnosis_section(folder, diagnosis)))
+    if comparison is not None:
+        views.append(("comparison", "Method comparison", sections.comparison_section(folder, comparison, denormalize)))
+    payload = {
+        "format": data_json.FORMAT,
+        "title": title,
+        "model": model_name or type(model).__name__,
+        "data": data_name,
+        "command": shlex.join(command if command is not None else sys.argv),
+        "made": dt.datetime.now().isoformat(timespec="seconds"),
+        "k": result.k,
+        "bottom_k": result.bottom_k,
+        "num_images": result.num_images,
+        "input": list(result.input_shape),
+        "class_names": data_json.class_names(result),
+        "guided": guided,
+        "layers": layers,
+        "images": image_sheets(folder, data, slots, denormalize, image_labels),
+        "views": [{"id": key, "title": name} for key, name, _ in views],
+    }
+    fills = {
+        "DATA": data_json.embed_json(payload),
+        "TITLE": html.escape(title),
+        # A view's figures load when it is first shown: the page's script moves data-src to src.
+        "VIEWS": "".join(
+            f'<section class="view" id="view-{key}" hidden>{body.replace("<img src=", "<img data-src=")}</section>'
+            for key, _, body in views
+        ),
+    }
+    index = folder / "index.html"
+    # One pass: a title that itself reads "<!--VIEWS-->" is text, not a slot to fill.
+    index.write_text(_SLOTS.sub(lambda m: fills[m.group(1)], _asset("index.html")), encoding="utf-8")
+    result.meta["explorer"] = str(index.resolve())
+    return index

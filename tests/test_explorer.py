@@ -1,0 +1,144 @@
+"""The explorer's files and data, without a browser: what is written, how it is packed and escaped.
+
+The browser tests are in tests/test_explorer_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from captum.attr import visualization as captum_viz
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from captum_deconvviz import mine_topk, write_explorer
+from captum_deconvviz._explorer_data import embed_json, number
+from captum_deconvviz._explorer_images import captum_overlays, normalize_attributions
+from captum_deconvviz.explorer import ASSETS
+from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, denormalize
+
+
+def explorer_data(index: Path) -> dict:
+    """The JSON embedded in an explorer's ``index.html``."""
+    page = index.read_text(encoding="utf-8")
+    found = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', page, re.S)
+    assert found is not None
+    return json.loads(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    sample = default_sample()
+    data = torch.utils.data.Subset(sample, range(0, 1000, 25))
+    data.classes = sample.classes  # type: ignore[attr-defined]
+    torch.manual_seed(0)
+    model = ZFNetCIFAR((8, 8, 8, 8)).eval()
+    result = mine_topk(model, ["features.1", "features.4"], data, k=3, labels=True, bottom_k=2, progress=False)
+    out = tmp_path_factory.mktemp("explorer")
+    index = write_explorer(out, model, data, result, denormalize=denormalize, progress=False,
+                           image_labels=[sample.names[i] for i in range(0, 1000, 25)])  # fmt: skip
+    return index, result
+
+
+def test_the_folder_holds_a_page_its_assets_and_a_few_sheets(small: tuple[Path, object]) -> None:
+    index, result = small
+    folder = index.parent
+    assert index.name == "index.html" and all((folder / name).is_file() for name in ASSETS)
+    assert result.meta["explorer"] == str(index.resolve())
+    data = explorer_data(index)
+    files = {p.name for p in folder.iterdir()}
+    named = {data["images"]["sheets"]["files"][0]}
+    for layer in data["layers"]:
+        for part in ("top", "bottom"):
+            for kind_files in layer[part]["files"].values():
+                named.update(kind_files)
+        named.update(layer["thumbs"]["files"])
+    assert named <= files
+    # A few packed files per layer, not a PNG per channel.
+    images = [name for name in files if name.endswith((".webp", ".png"))]
+    assert len(images) < 30, sorted(images)
+    assert {"filters.png", "hierarchy.png"} <= files
+
+
+def test_the_json_holds_the_statistics_and_records(small: tuple[Path, object]) -> None:
+    index, result = small
+    data = explorer_data(index)
+    assert data["format"] == 1 and data["k"] == 3 and data["bottom_k"] == 2
+    assert data["class_names"] == default_sample().classes
+    layer = data["layers"][1]
+    assert layer["name"] == "features.4" and layer["channels"] == 8
+    stats = result.stats("features.4")
+    assert layer["stats"]["max"] == pytest.approx(stats.maximum.tolist(), rel=1e-3)
+    classes = result.class_stats("features.4")
+    assert layer["classes"]["top_class"] == classes.top_class.tolist()
+    assert layer["classes"]["histogram"] == classes.histogram.tolist()
+    assert len(layer["agreement"]["spearman"]) == 8
+    field = result.fields["features.4"]
+    slots = data["images"]["index"]
+    for channel in (0, 5):
+        for row, record in zip(layer["top"]["records"][channel], result.records("features.4", channel), strict=True):
+            assert slots[row[0]] == record.index and row[1:3] == [record.y, record.x]
+            assert row[4:8] == list(field.box(record.y, record.x))
+        bottom = result.records("features.4", channel, kind="bottom")
+        assert [slots[r[0]] for r in layer["bottom"]["records"][channel]] == [r.index for r in bottom]
+
+
+def test_embedded_json_cannot_close_its_script() -> None:
+    payload = {"name": "</script><script>alert(1)</script>", "x": "<!-- \u2028 &amp;"}
+    text = embed_json(payload)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == payload
+
+
+def test_nan_statistics_become_null() -> None:
+    assert json.loads(embed_json({"v": number(float("nan")), "w": number(1.23456789)})) == {"v": None, "w": 1.235}
+
+
+def _captum_cell(attr: np.ndarray, original: np.ndarray, method: str) -> np.ndarray:
+    """One cell drawn alone by ``visualize_image_attr`` (outlier_perc=2), one figure pixel per array pixel."""
+    h, w = attr.shape
+    fig = Figure(figsize=(w / 100, h / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    with warnings.catch_warnings(), matplotlib.rc_context({"image.interpolation": "nearest"}):
+        warnings.simplefilter("ignore")
+        captum_viz.visualize_image_attr(attr[..., None], original, method=method, sign="absolute_value",
+                                        outlier_perc=2, plt_fig_axis=(fig, ax), use_pyplot=False)  # fmt: skip
+    ax.set_axis_off()
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(float)
+
+
+def test_overlays_drawn_per_sheet_equal_captum_per_cell() -> None:
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, 3, 11, 13, generator=generator)  # [rows, cols, C, h, w]
+    maps[1, 2] = 0  # an empty cell (a missing record) is grey
+    originals = torch.rand(2, 3, 11, 13, 3, generator=generator).numpy()
+    normalized = normalize_attributions(maps.flatten(0, 1)).reshape(2, 3, 11, 13)
+    drawn = captum_overlays(normalized, originals)
+    for key, method in (("heat_map", "heat_map"), ("blended", "blended_heat_map"), ("masked", "masked_image")):
+        for r, c in ((0, 0), (0, 2), (1, 1)):
+            alone = _captum_cell(maps[r, c].sum(0).numpy(), originals[r, c], method)
+            # within 2 of 255: Captum casts the image to integers before drawing
+            assert np.abs(drawn[key][r, c] * 255 - alone).max() <= 2.5, (key, r, c)
+        assert np.all(drawn[key][1, 2] == 0.5)
+
+
+def test_the_package_ships_the_page_files() -> None:
+    folder = resources.files("captum_deconvviz").joinpath("explorer_assets")
+    for name in ("index.html", *ASSETS):
+        assert folder.joinpath(name).is_file(), name
+    template = folder.joinpath("index.html").read_text(encoding="utf-8")
+    assert "Content-Security-Policy" in template and "script-src 'self'" in template
+    script = folder.joinpath("explorer.js").read_text(encoding="utf-8")
+    assert "innerHTML" not in script and "eval(" not in script and "http" not in script
