@@ -26,12 +26,16 @@ from .receptive_field import (
 from .viz import (
     feature_evolution,
     hierarchy_channels,
+    plot_class_histogram,
+    plot_class_units,
     plot_comparison,
     plot_diagnosis,
+    plot_exemplars,
     plot_feature_evolution,
     plot_filters,
     plot_hierarchy,
     plot_randomization,
+    plot_selectivity,
     plot_topk,
 )
 
@@ -62,12 +66,16 @@ __all__ = [
     "feature_evolution",
     "hierarchy_channels",
     "mine_topk",
+    "plot_class_histogram",
+    "plot_class_units",
     "plot_comparison",
     "plot_diagnosis",
+    "plot_exemplars",
     "plot_feature_evolution",
     "plot_filters",
     "plot_hierarchy",
     "plot_randomization",
+    "plot_selectivity",
     "plot_topk",
     "project_records",
     "project_units",
@@ -77,5 +85,5 @@ __all__ = [
     "renormalize_after_step",
     "renormalize_filters_",
     "track_features",
-]
     "write_explorer",
+]

@@ -47,6 +47,7 @@ __all__ = [
     "mosaic",
     "new_figure",
     "normalize_projection",
+    "projection_drawer",
 ]
 
 #: Captum's ways to draw an attribution, and its signs (``visualize_image_attr``'s names).
@@ -182,6 +183,28 @@ def attribution_cell(ax: Any, fig: Figure, attribution: Tensor, original: np.nda
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Captum warns about near-zero scales; the cell shows it anyway
         captum_viz.visualize_image_attr(attr, rgb, plt_fig_axis=(fig, ax), use_pyplot=False, **options)
+
+
+def projection_drawer(
+    fig: Figure, method: str, sign: str, cmap: str | None, alpha_overlay: float, outlier_perc: float
+) -> Callable[[Any, Tensor, np.ndarray], None]:
+    """How figures draw a projection cell: ``draw(ax, projection, its patch)``.
+
+    ``method="projection"`` draws the projection itself as an RGB image (the contrast
+    normalization of :func:`normalize_projection`); any other method is Captum's
+    ``visualize_image_attr`` with these options, over the patch.
+    """
+
+    def draw(ax: Any, projection: Tensor, patch: np.ndarray) -> None:
+        if method == "projection":  # the projection itself, as an RGB image
+            attribution_cell(
+                ax, fig, projection, normalize_projection(projection, outlier_perc), method="original_image"
+            )
+        else:
+            attribution_cell(ax, fig, projection, patch, method=method, sign=sign, outlier_perc=outlier_perc, cmap=cmap,
+                             alpha_overlay=alpha_overlay)  # fmt: skip
+
+    return draw
 
 
 # --------------------------------------------------------------------------------------

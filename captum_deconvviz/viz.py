@@ -10,7 +10,10 @@ as an RGB image, as Zeiler & Fergus do. Figures are plain matplotlib: save them 
 ``fig.savefig("fig.pdf")`` (PNG, PDF and SVG; images stay pixel-exact with
 ``interpolation="nearest"``). The figures of results (:func:`plot_comparison`,
 :func:`plot_randomization`, :func:`plot_diagnosis`, :func:`plot_feature_evolution`) are
-written in ``_result_figures``, the hierarchy in ``_hierarchy_figure``; all are exported here.
+written in ``_result_figures``, the hierarchy in ``_hierarchy_figure``, a channel's
+exemplars (:func:`plot_exemplars`) in ``_exemplar_figures``, the class statistics
+(:func:`plot_class_histogram`, :func:`plot_selectivity`, :func:`plot_class_units`) in
+``_class_figures``; all are exported here.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ._checks import check_bool, check_choice, check_float, check_int, show
-from ._exemplar_figures import guided_block, guided_titles, guided_widths
+from ._class_figures import plot_class_histogram, plot_class_units, plot_selectivity
+from ._exemplar_figures import guided_block, guided_titles, guided_widths, plot_exemplars
 from ._figures import (
     CAPTUM_METHODS,
-    attribution_cell,
     blank,
     check_cell_style,
     check_cmap,
@@ -42,6 +45,7 @@ from ._figures import (
     grid,
     new_figure,
     normalize_projection,
+    projection_drawer,
 )
 from ._hierarchy_figure import hierarchy_channels, plot_hierarchy
 from ._result_figures import (
@@ -54,8 +58,9 @@ from ._result_figures import (
 from .mining_result import Crops, MiningResult
 
 __all__ = [
-    "feature_evolution", "hierarchy_channels", "normalize_projection", "plot_comparison", "plot_diagnosis",
-    "plot_feature_evolution", "plot_filters", "plot_hierarchy", "plot_randomization", "plot_topk",
+    "feature_evolution", "hierarchy_channels", "normalize_projection", "plot_class_histogram", "plot_class_units",
+    "plot_comparison", "plot_diagnosis", "plot_exemplars", "plot_feature_evolution", "plot_filters", "plot_hierarchy",
+    "plot_randomization", "plot_selectivity", "plot_topk",
 ]  # fmt: skip
 
 _RESULT_ORIGIN = "from mine_topk or MiningResult.load"
@@ -209,23 +214,6 @@ def _channel_list(channels: Any) -> list[Any]:
     return channel_list
 
 
-def _projection_drawer(
-    fig: Figure, method: str, sign: str, cmap: str | None, alpha_overlay: float, outlier_perc: float
-) -> Callable[[Any, Tensor, np.ndarray], None]:
-    """How :func:`plot_topk` draws a projection cell: ``draw(ax, projection, its patch)``."""
-
-    def draw(ax: Any, projection: Tensor, patch: np.ndarray) -> None:
-        if method == "projection":  # the projection itself, as an RGB image
-            attribution_cell(
-                ax, fig, projection, normalize_projection(projection, outlier_perc), method="original_image"
-            )
-        else:
-            attribution_cell(ax, fig, projection, patch, method=method, sign=sign, outlier_perc=outlier_perc, cmap=cmap,
-                             alpha_overlay=alpha_overlay)  # fmt: skip
-
-    return draw
-
-
 def _topk_block(
     cells: Callable[[int, int], Any],
     patches: Crops,
@@ -362,7 +350,7 @@ def plot_topk(
     fig = new_figure(use_pyplot, (sum(widths) * cell_inches, total_rows * cell_inches))
     spec = fig.add_gridspec(total_rows, len(widths), width_ratios=widths, wspace=0.05, hspace=0.05, left=0.01,
                             right=0.99, bottom=0.01, top=0.99)  # fmt: skip
-    draw = _projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
+    draw = projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
     axes = np.empty((len(channel_list), 3 if guided else 2, rows, cols), dtype=object)
     agreement = guided_titles(shown, shown_guided, patches.mask) if shown_guided is not None else None
     for b, channel in enumerate(channel_list):
