@@ -221,6 +221,8 @@ def _check_labels(labels: Any, data: Any, total: int) -> Tensor | bool | None:
                 "labels=True reads labels from (image, label) items, but data is a tensor of images: pass labels as "
                 "a LongTensor [N] instead"
             )
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        _datasource.label_of(dataset[0], 0)  # refused now, not after the first batch's forward pass
         return True
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be None, True or a LongTensor [N], got {type(labels).__name__}")

@@ -450,3 +450,21 @@ def test_relevance_mining_leaves_a_train_mode_model_as_it_was(snapshot, sample: 
             assert [r.index for r in top] == expected
     with pytest.raises(ValueError, match="verify checks activations"):
         result.verify(model, images)
+
+
+def test_labels_true_on_items_without_labels_is_refused_before_any_work(model: nn.Module) -> None:
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, index: int) -> Tensor:
+            return torch.zeros(3, 32, 32)
+
+    calls = {"n": 0}
+    handle = model.features[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        with pytest.raises(ValueError, match=r"data\[0\] gives no class label"):
+            mine_topk(model, LAYERS, Plain(), k=2, progress=False, labels=True)
+    finally:
+        handle.remove()
+    assert calls["n"] == 0
