@@ -24,12 +24,14 @@ from torch import Tensor, nn
 
 from ._figures import display_image, mosaic, normalize_projection
 from ._tables import to_html
+from .compare import ComparisonResult
 from .diagnose import Diagnosis
 from .mining_result import Crops, MiningResult
 from .receptive_field import receptive_field_table
-from .viz import plot_diagnosis, plot_filters, plot_hierarchy
+from .viz import plot_comparison, plot_diagnosis, plot_filters, plot_hierarchy
 
 __all__ = [
+    "comparison_section",
     "contents",
     "diagnosis_section",
     "filters_section",
@@ -51,10 +53,26 @@ tr.dead td { color: #b00; } .gallery { display: flex; flex-wrap: wrap; gap: 10px
 figure { margin: 0; } figcaption { font-size: 0.75em; text-align: center; color: #555; }
 figure.dead figcaption { color: #b00; } img.cell { image-rendering: pixelated; border: 1px solid #ddd; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; } .note { color: #555; font-size: 0.9em; }
+.hist { display: flex; align-items: flex-end; gap: 1px; height: 24px; margin-top: 2px; }
+.hist .bar { flex: 1; height: 100%; display: flex; align-items: flex-end; background: #f2f2f2; }
+.hist .bar i { display: block; width: 100%; background: #1a5fb4; }
+table.sortable th { cursor: pointer; }
 """
 
-# Marks on <body> how many images loaded and how many failed; a headless browser test reads it.
+# Marks on <body> how many images loaded and how many failed (a headless browser test reads it), and
+# sorts a statistics table by the column whose header is clicked (numbers as numbers).
 _LOAD_CHECK = """<script>
+document.addEventListener("click", function (event) {
+  var th = event.target.closest("table.sortable th");
+  if (!th) { return; }
+  var body = th.closest("table").tBodies[0], column = th.cellIndex, down = th.dataset.down !== "1";
+  th.dataset.down = down ? "1" : "0";
+  var key = function (row) { var t = row.cells[column].textContent, n = parseFloat(t); return isNaN(n) ? t : n; };
+  Array.prototype.slice.call(body.rows).sort(function (a, b) {
+    var x = key(a), y = key(b);
+    return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1);
+  }).forEach(function (row) { body.appendChild(row); });
+});
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -171,23 +189,31 @@ def hierarchy_section(
 
 
 def _channel_mosaics(
-    result: MiningResult, layer: str, crops: Crops, projections: Crops, denormalize: Callable[[Tensor], Tensor] | None
+    result: MiningResult,
+    layer: str,
+    crops: Crops,
+    projections: Crops,
+    denormalize: Callable[[Tensor], Tensor] | None,
+    guided: Crops | None = None,
+    kind: str = "top",
 ) -> Iterator[np.ndarray]:
-    """Per channel: top-k projections (left) and patches (right), one array each, made as they are
-    saved: a deep ResNet layer's 512 float64 mosaics of receptive-field-sized crops took 18 GB at once."""
+    """Per channel: top-k projections (left), Guided Backprop's (middle, when given) and patches (right),
+    one array each, made as they are saved: a deep ResNet layer's 512 float64 mosaics of
+    receptive-field-sized crops took 18 GB at once. ``kind="bottom"``: the bottom-k records."""
+    k = result.k if kind == "top" else result.bottom_k
     for channel in range(result.channels(layer)):
-        count = len(result.records(layer, channel))
-        shown_p = [normalize_projection(p) for p in projections.images[channel]]
-        shown_i = [
-            display_image(img, denormalize, m)
-            for img, m in zip(crops.images[channel], crops.mask[channel], strict=True)
-        ]
-        for slot in range(count, result.k):  # missing records: light grey
-            shown_p[slot] = np.full_like(shown_p[0], 0.9)
-            shown_i[slot] = np.full_like(shown_p[0], 0.9)
-        left, right = mosaic(shown_p, result.k), mosaic(shown_i, result.k)
-        gap = np.ones((left.shape[0], max(2, left.shape[1] // 12), 3))
-        yield np.concatenate([left, gap, right], axis=1)
+        count = len(result.records(layer, channel, kind=kind))
+        columns = [[normalize_projection(p) for p in projections.images[channel]]]
+        if guided is not None:
+            columns.append([normalize_projection(p) for p in guided.images[channel]])
+        pairs = zip(crops.images[channel], crops.mask[channel], strict=True)
+        columns.append([display_image(img, denormalize, m) for img, m in pairs])
+        for shown in columns:
+            for slot in range(count, k):  # missing records: light grey
+                shown[slot] = np.full_like(columns[0][0], 0.9)
+        panels = [mosaic(shown, k) for shown in columns]
+        gap = np.ones((panels[0].shape[0], max(2, panels[0].shape[1] // 12), 3))
+        yield np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=1)
 
 
 def _save_png(array: np.ndarray, path: Path, scale: int) -> None:
@@ -200,17 +226,43 @@ def _save_png(array: np.ndarray, path: Path, scale: int) -> None:
 def _stats_table(result: MiningResult, layer: str) -> str:
     stats = result.stats(layer)
     dead = [bool(d) for d in stats.dead]
+    header = ["channel", "max", "mean", "fraction of images active", ""]
     rows = [
         [str(c), f"{float(stats.maximum[c]):.4g}", f"{float(stats.mean[c]):.4g}",
          f"{float(stats.fraction_active[c]):.3f}", "dead" if dead[c] else ""]
         for c in range(len(stats.maximum))
     ]  # fmt: skip
-    return to_html(
-        ["channel", "max", "mean", "fraction of images active", ""],
-        rows,
-        row_classes=["dead" if d else "" for d in dead],
-        column_classes=["num", "num", "num", "num", ""],
+    order = list(range(len(rows)))
+    if result.has_labels:  # most selective first; a click on a column header sorts by it
+        classes = result.class_stats(layer)
+        header += ["selectivity", "top class"]
+        selectivity = classes.selectivity.tolist()
+        for c, row in enumerate(rows):
+            top = int(classes.top_class[c])
+            row += [f"{selectivity[c]:.3f}", classes.name(top) if top >= 0 else ""]
+        order.sort(key=lambda c: (np.isnan(selectivity[c]), -np.nan_to_num(selectivity[c]), c))
+    table = to_html(
+        header,
+        [rows[c] for c in order],
+        row_classes=["dead" if dead[c] else "" for c in order],
+        column_classes=["num", "num", "num", "num", "", "num", ""][: len(header)],
     )
+    return table.replace("<table>", '<table class="sortable">', 1)
+
+
+def _histogram(result: MiningResult, layer: str, channel: int) -> str:
+    """The classes of the channel's strongest images as small bars (HTML), for results mined with labels."""
+    stats = result.class_stats(layer)
+    counts = stats.histogram[channel].tolist()
+    most = max([*counts, 1])
+    bars = "".join(
+        f'<div class="bar" title="{_esc(stats.name(i))}: {n}"><i style="height:{round(100 * n / most)}%"></i></div>'
+        for i, n in enumerate(counts)
+    )
+    top = int(stats.top_class[channel])
+    selectivity = float(stats.selectivity[channel])
+    label = f"top class {stats.name(top)}" if top >= 0 else "no class"
+    return f'<div class="hist">{bars}</div><figcaption>{_esc(label)}, selectivity {selectivity:.2f}</figcaption>'
 
 
 def layer_section(
@@ -223,13 +275,21 @@ def layer_section(
     denormalize: Callable[[Tensor], Tensor] | None,
     scale: int,
     image_labels: Sequence[str] | None,
+    guided: Crops | None = None,
+    bottom: tuple[Crops, Crops] | None = None,
 ) -> str:
-    """One layer: a gallery of every channel (``{stem}_cNNNN.png``) and the channel statistics."""
+    """One layer: a gallery of every channel (``{stem}_cNNNN.png``) and the channel statistics.
+
+    With ``guided`` (Guided Backprop projections of the records) each mosaic has a middle panel;
+    with ``bottom`` (the bottom-k patches and projections) each channel also has
+    ``{stem}_cNNNN_bottom.png``; results mined with labels add each channel's class histogram.
+    """
     stats = result.stats(layer)
     field = result.fields.get(layer)
     field_text = f"receptive field {field.size[0]}x{field.size[1]} px, stride {field.stride[0]}" if field else ""
     figures = []
-    mosaics = _channel_mosaics(result, layer, result.patches(data, layer), projections, denormalize)
+    mosaics = _channel_mosaics(result, layer, result.patches(data, layer), projections, denormalize, guided)
+    lows = _channel_mosaics(result, layer, bottom[0], bottom[1], denormalize, kind="bottom") if bottom else None
     for channel, image in enumerate(mosaics):
         name = f"{stem}_c{channel:04d}.png"
         _save_png(image, folder / name, scale)
@@ -238,16 +298,28 @@ def layer_section(
         if image_labels is not None and records:
             best += " · " + ", ".join(str(image_labels[r.index]) for r in records[:3])
         is_dead = bool(stats.dead[channel])
+        extra = ""
+        if lows is not None:
+            low_name = f"{stem}_c{channel:04d}_bottom.png"
+            _save_png(next(lows), folder / low_name, scale)
+            extra += f'<img class="cell" src="{_esc(low_name)}" alt="{_esc(layer)} channel {channel} bottom-k">'
+        if result.has_labels:
+            extra += _histogram(result, layer, channel)
         figures.append(
             f'<figure class="{"dead" if is_dead else ""}"><img class="cell" src="{_esc(name)}" '
             f'alt="{_esc(layer)} channel {channel}"><figcaption>#{channel} · {_esc(best)}'
-            f"{' · dead' if is_dead else ''}</figcaption></figure>"
+            f"{' · dead' if is_dead else ''}</figcaption>{extra}</figure>"
         )
+    panels = "its top projections (left)" + (", Guided Backprop's (middle)" if guided is not None else "")
+    low_text = f"; below, its bottom-{result.bottom_k} the same way" if bottom else ""
+    hist_text = "; then the classes of its strongest images" if result.has_labels else ""
     return (
         f'<h2 id="{_esc(safe_name(layer))}">{_esc(layer)}</h2><p>{len(stats.maximum)} channels, '
         f"{_esc(field_text)}, <b>{int(stats.dead.sum())} dead</b> (never active on these images).</p>"
-        '<p class="note">Each channel: its top projections (left) beside the patches under their '
-        'receptive fields (right), best first.</p><div class="gallery">' + "".join(figures) + "</div>"
+        f'<p class="note">Each channel: {panels} beside the patches under their '
+        f'receptive fields (right), best first{low_text}{hist_text}.</p><div class="gallery">'
+        + "".join(figures)
+        + "</div>"
         f"<h3>{_esc(layer)}: channel statistics</h3>{_stats_table(result, layer)}"
     )
 
@@ -261,6 +333,27 @@ def diagnosis_section(folder: Path, diagnosis: Diagnosis) -> str:
         "filter RMS above 0.1, first-layer high-frequency content, aliasing of strided layers "
         "(definitions in the package's docs/diagnostics.md).</p>"
         f'{diagnosis.to_html()}<img src="diagnosis.png" alt="diagnostics">'
+    )
+
+
+def comparison_section(
+    folder: Path, comparison: ComparisonResult, denormalize: Callable[[Tensor], Tensor] | None
+) -> str:
+    """The method comparison: its agreement table and its figure (``comparison.png``)."""
+    fig, _ = plot_comparison(comparison, display=denormalize, use_pyplot=False)
+    fig.savefig(folder / "comparison.png", dpi=120)
+    rows = [
+        [a, b, *(f"{float(np.nanmean(values[m].numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
+        for (a, b), values in comparison.metrics.items()
+    ]
+    table = to_html(["method A", "method B", "Spearman", "Spearman abs", "SSIM abs"], rows,
+                    column_classes=["", "", "num", "num", "num"])  # fmt: skip
+    target = comparison.target if comparison.layer is None else f"layer {comparison.layer}"
+    return (
+        f'<h2 id="{safe_name("method comparison")}">Method comparison</h2><p class="note">The same '
+        f"{len(comparison.inputs)} images attributed by each method (target: {_esc(str(target))}); agreement "
+        "is the mean over the images of each pair's Spearman rank correlation and SSIM.</p>"
+        f'{table}<img src="comparison.png" alt="method comparison">'
     )
 
 

@@ -186,6 +186,7 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
         subset = Subset(images, range(min(args.limit, len(images))))
         names = images.names[: len(subset)]
         subset.names = names  # type: ignore[attr-defined]  # kept on the returned dataset for its callers
+        subset.classes = getattr(images, "classes", None)  # type: ignore[attr-defined]  # class names, for mining
         dataset = subset
     return dataset, display, list(names), name
 
@@ -204,7 +205,15 @@ def _default_layers(args: argparse.Namespace, model: nn.Module) -> list[str]:
     return [convs[round(i * step)] for i in range(8)]
 
 
-def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list[str]) -> Any:
+def _carries_labels(dataset: Any) -> bool:
+    """Whether the images come with class labels: a class-folder dataset or the shipped sample."""
+    base = getattr(dataset, "dataset", dataset)  # through --limit's Subset
+    return bool(getattr(base, "classes", None)) and any(label >= 0 for label in getattr(base, "labels", ()))
+
+
+def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list[str], exemplars: bool = False) -> Any:
+    """Mine ``layers``; with ``exemplars`` (the report's), also the class statistics where the data
+    has labels, and the bottom-k (as many as ``--k``)."""
     from .diagnose import watch_aliasing
     from .mining import mine_topk
 
@@ -217,10 +226,13 @@ def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list
     # one process sees the first images in order; a resumed or sharded run leaves them to diagnose.
     fresh = not _distributed.active() and (checkpoint is None or not Path(checkpoint).exists())
     watch = watch_aliasing(model, dataset, max_images=ALIASING_IMAGES) if fresh else None
+    extra: dict[str, Any] = {}
+    if exemplars:
+        extra = {"bottom_k": args.k, **({"labels": True} if _carries_labels(dataset) else {})}
     with watch if watch is not None else contextlib.nullcontext():
         result = mine_topk(
             model, layers, dataset, k=args.k, unique=args.unique, batch_size=args.batch_size, device=device,
-            checkpoint=checkpoint, progress=_distributed.is_main(), num_workers=args.workers,
+            checkpoint=checkpoint, progress=_distributed.is_main(), num_workers=args.workers, **extra,
         )  # fmt: skip
     if watch is not None:
         watch.record(result, args.batch_size)
@@ -265,7 +277,22 @@ def _load_result(path: str) -> Any:
         ) from None
 
 
+def _comparison(model: nn.Module, dataset: Any, count: int = 4) -> Any:
+    """The methods compared on the first ``count`` images, for the explorer; None where the model is no
+    classifier (compare_methods refuses it)."""
+    from .compare import compare_methods
+
+    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+    try:
+        with torch.no_grad():
+            target = model(images).argmax(1).tolist()
+        return compare_methods(model, images, target=target, methods=list(COMPARE_METHODS))
+    except (ValueError, TypeError, RuntimeError, IndexError):
+        return None
+
+
 def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> int:
+    from .explorer import write_explorer
     from .report import write_report
 
     start = time.perf_counter()
@@ -288,7 +315,7 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
     dataset, display, labels, name = _data(args)
     if loaded is not None:
         check_result_data(loaded, dataset, args)
-    result = loaded if loaded is not None else _mine(args, model, dataset, layers)
+    result = loaded if loaded is not None else _mine(args, model, dataset, layers, exemplars=True)
     result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose
 
@@ -302,10 +329,15 @@ def _cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> in
         progress=_distributed.is_main(),
         result=result,
     )
-    index = write_report(
-        args.out, model, dataset, result, title=title, denormalize=display, image_labels=labels,
-        model_name=args.model, data_name=name, command=["deconvviz", *sys.argv[1:]], diagnosis=diagnosis,
-    )  # fmt: skip
+    common = {
+        "title": title, "denormalize": display, "image_labels": labels, "model_name": args.model, "data_name": name,
+        "command": ["deconvviz", *sys.argv[1:]], "diagnosis": diagnosis,
+    }  # fmt: skip
+    if getattr(args, "static", False):
+        index = write_report(args.out, model, dataset, result, guided=True, **common)
+    else:
+        common["title"] = title.replace("report", "explorer")
+        index = write_explorer(args.out, model, dataset, result, comparison=_comparison(model, dataset), **common)
     print(f"wrote {index} ({result.num_images} images, {len(result.layers)} layers, "
           f"{time.perf_counter() - start:.0f}s); open it in a browser")  # fmt: skip
     return 0
@@ -367,6 +399,9 @@ def _cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+_STATIC_HELP = "write the static one-page report (a PNG per channel, for printing and papers) instead of the explorer"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, pointing to ``--help``, instead of the usage block first."""
 
@@ -383,12 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="mine the default model on the shipped images and write the report (offline)")
-    demo.add_argument("--out", default="deconvviz-demo", help="report folder (default: deconvviz-demo)")
+    demo = sub.add_parser("demo", help="mine the default model on the shipped images and write the explorer (offline)")
+    demo.add_argument("--out", default="deconvviz-demo", help="explorer folder (default: deconvviz-demo)")
     demo.add_argument("--k", type=int, default=9)
     demo.add_argument("--batch-size", type=int, default=100)
     demo.add_argument("--device", default=None)
     demo.add_argument("--limit", type=int, default=None, help="use only the first N shipped images")
+    demo.add_argument("--static", action="store_true", help=_STATIC_HELP)
     demo.set_defaults(run=_cmd_demo)
 
     mine = sub.add_parser("mine", help="mine the top-k activations of layers over a folder of images")
@@ -398,11 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--out", required=True, help="where to write the MiningResult (.pt)")
     mine.set_defaults(run=_cmd_mine)
 
-    report = sub.add_parser("report", help="write the HTML report (mining first unless --result is given)")
+    report = sub.add_parser(
+        "report", help="write the HTML explorer, or with --static the one-page report (mining first unless --result)"
+    )
     _add_model_arguments(report, default="default")
     _add_mining_arguments(report)
     report.add_argument("--result", default=None, help="a MiningResult written by 'deconvviz mine'")
-    report.add_argument("--out", required=True, help="report folder")
+    report.add_argument("--out", required=True, help="explorer (or report) folder")
+    report.add_argument("--static", action="store_true", help=_STATIC_HELP)
     report.set_defaults(run=_cmd_report)
 
     compare = sub.add_parser("compare", help="DeconvNet vs Guided Backprop vs Captum: maps, agreement, a figure")

@@ -39,9 +39,14 @@ def write_report(
     scale: int = 3,
     extra_sections: Sequence[tuple[str, str]] = (),
     diagnosis: Diagnosis | None = None,
+    guided: bool = False,
     progress: bool = True,
 ) -> Path:
     """Write the report folder: ``index.html`` and its PNGs.
+
+    For a page that is browsed rather than printed, see :func:`~captum_deconvviz.write_explorer`.
+    Results mined with labels show each channel's class histogram and a statistics table
+    sorted by class selectivity; results mined with ``bottom_k`` show each channel's bottom-k.
 
     Args:
         out: the folder (created; existing files of the same names are replaced).
@@ -59,6 +64,8 @@ def write_report(
         scale: pixel upscaling of the gallery PNGs (nearest neighbour).
         extra_sections: ``(title, html)`` sections appended as they are (already escaped).
         diagnosis: a :class:`~captum_deconvviz.Diagnosis` to include (table and figure).
+        guided: draw each record's Guided Backprop projection between its DeconvNet projection
+            and its patch (one more projection pass per layer).
         progress: show a progress bar.
 
     Returns:
@@ -80,9 +87,13 @@ def write_report(
         # One projection pass per layer; the gallery and the hierarchy figure share its tensors.
         projections = result.projections(model, data, layer)
         hierarchy[layer] = Crops(projections.images[shown[layer]], projections.mask[shown[layer]])
+        gbp = result.projections(model, data, layer, rules="guided") if guided else None
+        bottom = None
+        if result.bottom_k > 0:
+            bottom = (result.patches(data, layer, kind="bottom"), result.projections(model, data, layer, kind="bottom"))
         galleries.append(
             sections.layer_section(folder, stems[layer], result, data, layer, projections, denormalize, scale,
-                                   image_labels)
+                                   image_labels, gbp, bottom)
         )  # fmt: skip
     parts = [
         sections.header(title, result, model_name or type(model).__name__, data_name, command),

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import captum_deconvviz
-from captum_deconvviz import cropped, data, engine, zoo
+from captum_deconvviz import cropped, data, engine, report, zoo
 from captum_deconvviz.diagnose import watch_aliasing
 
 SECTIONS = {
@@ -23,7 +23,8 @@ SECTIONS = {
     "Mining": ["mine_topk", "MiningResult", "Record", "ChannelStats", "Crops"],
     "Figures": [
         "plot_filters", "plot_topk", "plot_hierarchy", "hierarchy_channels", "plot_comparison", "plot_randomization",
-        "plot_diagnosis", "plot_feature_evolution",
+        "plot_diagnosis", "plot_feature_evolution", "plot_exemplars", "plot_class_histogram", "plot_selectivity",
+        "plot_class_units",
     ],
     "Comparison and sanity checks": [
         "compare_methods", "ComparisonResult", "randomization_test", "RandomizationResult", "exemplar_agreement",
@@ -34,10 +35,12 @@ SECTIONS = {
         "feature_evolution",
     ],
     "Engine": ["ReverseRules"],
+    "Explorer and report": ["write_explorer"],
 }  # fmt: skip
 EXTRA = {
     "Engine": [engine.activation_rule, cropped.cropped_plan],
     "Diagnostics": [watch_aliasing],
+    "Explorer and report": [report.write_report],
     "Default model and data": [
         zoo.load_default_model,
         zoo.default_transform,

@@ -15,7 +15,7 @@ from captum_deconvviz.zoo import default_sample
 
 def test_demo_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--limit", "150"]) == 0
+    assert main(["demo", "--out", str(out), "--limit", "150", "--static"]) == 0  # the explorer: test_explorer_browser
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith(f"wrote {out / 'index.html'} (150 images, 4 layers")
     page = (out / "index.html").read_text()
@@ -47,7 +47,7 @@ def test_mine_then_report_from_the_result(tmp_path: Path, capsys: pytest.Capture
     for channel in (0, 7):
         assert again.records("features.9", channel) == result.records("features.9", channel)
     report = tmp_path / "report"
-    args = ["report", "--data", str(folder), "--result", str(saved), "--out", str(report)]
+    args = ["report", "--data", str(folder), "--result", str(saved), "--out", str(report), "--static"]
     assert main(args) == 0
     assert (report / "index.html").exists() and (report / "features.9_c0000.png").exists()
 
