@@ -46,7 +46,7 @@ class ExemplarOptions:
         k: records per channel and class (``by_class``).
         quantiles: keep every image's best score, for exemplars at quantiles.
         relevance: the scores are relevances (``rank_by="relevance"``).
-        num_images: the dataset's length (rows of the per-image tables).
+        num_images: the dataset's length (rows of the per-image tables; bounds the keys).
     """
 
     labels: bool = False
@@ -107,9 +107,9 @@ class ExemplarState:
         state = cls(options, channels, plane)
         c = channels
         if options.labels:
-            state.rankings["class_top"] = Ranking.empty((c,), options.class_top_n, True, device)
+            state.rankings["class_top"] = Ranking.empty((c,), options.class_top_n, True, device, state.key_bound(True))
         if options.bottom_k > 0:
-            state.rankings["bottom"] = Ranking.empty((c,), options.bottom_k, False, device)
+            state.rankings["bottom"] = Ranking.empty((c,), options.bottom_k, False, device, state.key_bound())
         if options.quantiles:
             n = options.num_images
             state.tables["image_best"] = torch.full((n, c), float("nan"), device=device)
@@ -137,7 +137,7 @@ class ExemplarState:
         if self.options.relevance:
             padded("relevance_sum", (LIMBS,), torch.long)
         if self.options.by_class:
-            grown = Ranking.empty((c, classes), self.options.k, True, device)
+            grown = Ranking.empty((c, classes), self.options.k, True, device, self.key_bound())
             if "by_class" in self.rankings:
                 previous = self.rankings["by_class"]
                 grown.values[:, :old], grown.key[:, :old], grown.label[:, :old] = (
@@ -145,6 +145,10 @@ class ExemplarState:
                 )  # fmt: skip
             self.rankings["by_class"] = grown
         self.classes = classes
+
+    def key_bound(self, images_only: bool = False) -> int:
+        """What every key of a ranking is below: image indices (the class histogram's) or units."""
+        return self.options.num_images * (1 if images_only else self.plane)
 
     @property
     def needs_positions(self) -> bool:
@@ -225,7 +229,10 @@ class ExemplarState:
         values.index_copy_(0, row, score_best[order].float())
         key.index_copy_(0, row, keys.t()[order])
         ranking = self.rankings["by_class"]
-        part = Ranking(*(t.index_select(1, present) for t in (ranking.values, ranking.key, ranking.label)))
+        part = Ranking(
+            ranking.values.index_select(1, present), ranking.key.index_select(1, present),
+            ranking.label.index_select(1, present), descending=True, key_bound=ranking.key_bound,
+        )  # fmt: skip
         part.offer(
             values.view(p, width, c).permute(2, 0, 1), key.view(p, width, c).permute(2, 0, 1), present.view(1, -1, 1)
         )
@@ -290,13 +297,16 @@ class ExemplarState:
         _check_entry(entry, options)
         tensors = entry["tensors"]
         rankings = {
-            name: Ranking.from_tensors(tensors, name, descending=name != "bottom")
+            name: Ranking.from_tensors(tensors, name, name != "bottom", 0)
             for name in ("class_top", "bottom", "by_class")
             if f"{name}_values" in tensors
         }
         tables = {name: tensors[name] for name in ("class_sum", "class_count", "relevance_sum", "image_best",
                                                    "image_position") if name in tensors}  # fmt: skip
-        return cls(options, entry["channels"], entry["plane"], entry["classes"], tables, rankings).to(device)
+        state = cls(options, entry["channels"], entry["plane"], entry["classes"], tables, rankings)
+        for name, ranking in rankings.items():
+            ranking.key_bound = state.key_bound(images_only=name == "class_top")
+        return state.to(device)
 
 
 def _label_row(labels: Tensor | None, batch: int, device: torch.device) -> Tensor:

@@ -262,7 +262,7 @@ def _exemplar_options(
         k=k if by_class else 0,
         quantiles=quantiles,
         relevance=rank_by == "relevance",
-        num_images=total if quantiles else 0,
+        num_images=total,
     )
 
 

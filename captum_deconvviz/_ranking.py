@@ -50,14 +50,18 @@ def rank_rows(values: Tensor, key: Tensor, descending: bool = True) -> tuple[Ten
     return values.gather(-1, second), key.gather(-1, second), order.gather(-1, second)
 
 
-def best_rows(values: Tensor, key: Tensor, n: int, descending: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def best_rows(
+    values: Tensor, key: Tensor, n: int, descending: bool = True, key_bound: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """The best ``n`` of each row as :func:`rank_rows` ranks them: ``(values, keys, their columns)``.
 
     Where every key fits in 32 bits, value and key are packed into one int64 whose order is
     the ranking's (the float's bits made order-preserving, above the key or its complement),
-    and one ``topk`` replaces two stable sorts and their gathers.
+    and one ``topk`` replaces two stable sorts and their gathers. ``key_bound``: all keys are
+    below it (0: unknown, then the keys are looked at, a device sync).
     """
-    if key.numel() == 0 or int(key.max()) >= 2**32:
+    bound = key_bound if key_bound > 0 else (int(key.max()) + 1 if key.numel() else 0)
+    if key.numel() == 0 or bound > 2**32:
         values, key, order = rank_rows(values, key, descending)
         return values[..., :n], key[..., :n], order[..., :n]
     bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0: -0.0 ties with 0.0, as compared
@@ -76,21 +80,26 @@ class Ranking:
         key: ``[..., n]`` int64: ``index * plane + position``, -1 for empty slots.
         label: ``[..., n]`` int64: the image's class, -1 if unknown or empty.
         descending: the best record is the largest value (True) or the smallest.
+        key_bound: every key is below it (0: unknown); see :func:`best_rows`.
     """
 
     values: Tensor
     key: Tensor
     label: Tensor
     descending: bool = True
+    key_bound: int = 0
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...], n: int, descending: bool, device: torch.device) -> Ranking:
+    def empty(
+        cls, shape: tuple[int, ...], n: int, descending: bool, device: torch.device, key_bound: int = 0
+    ) -> Ranking:
         fill = float("-inf") if descending else float("inf")
         return cls(
             values=torch.full((*shape, n), fill, device=device),
             key=torch.full((*shape, n), NO_KEY, dtype=torch.long, device=device),
             label=torch.full((*shape, n), NO_KEY, dtype=torch.long, device=device),
             descending=descending,
+            key_bound=key_bound,
         )
 
     @property
@@ -114,7 +123,11 @@ class Ranking:
         key = torch.where(values == self.empty_value, NO_KEY, key)
         n = self.values.shape[-1]
         best_values, best_keys, order = best_rows(
-            torch.cat([self.values, values], dim=-1), torch.cat([self.key, key], dim=-1), n, self.descending
+            torch.cat([self.values, values], dim=-1),
+            torch.cat([self.key, key], dim=-1),
+            n,
+            self.descending,
+            self.key_bound,
         )
         labels = torch.cat([self.label, label], dim=-1).gather(-1, order)
         self.values, self.key = best_values.contiguous(), best_keys.contiguous()
@@ -128,11 +141,14 @@ class Ranking:
         return {f"{prefix}_values": self.values, f"{prefix}_key": self.key, f"{prefix}_label": self.label}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, descending: bool) -> Ranking:
-        return cls(tensors[f"{prefix}_values"], tensors[f"{prefix}_key"], tensors[f"{prefix}_label"], descending)
+    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, descending: bool, key_bound: int = 0) -> Ranking:
+        values, key, label = (tensors[f"{prefix}_{name}"] for name in ("values", "key", "label"))
+        return cls(values, key, label, descending, key_bound)
 
     def to(self, device: torch.device | str) -> Ranking:
-        return Ranking(self.values.to(device), self.key.to(device), self.label.to(device), self.descending)
+        return Ranking(
+            self.values.to(device), self.key.to(device), self.label.to(device), self.descending, self.key_bound
+        )
 
 
 def add_f32(sums: Tensor, rows: Tensor, values: Tensor) -> None:
