@@ -220,6 +220,7 @@ def plot_selectivity(
         ax.spines[side].set_visible(False)
     ax.set_title("Class selectivity by layer", fontsize=9)
     if shown:
+        ax.plot([], [], color=MEDIAN_COLOR, linewidth=1.6, label="median")
         ax.legend(loc="upper left", fontsize=7, frameon=False, handletextpad=0.2, borderaxespad=0.1)
     fig.tight_layout()
     finish(fig, use_pyplot)
