@@ -468,3 +468,20 @@ def test_labels_true_on_items_without_labels_is_refused_before_any_work(model: n
     finally:
         handle.remove()
     assert calls["n"] == 0
+
+
+def test_repr_shows_the_exemplars_and_links_the_explorer(mined: MiningResult, tmp_path: Path) -> None:
+    text = repr(mined)
+    assert "labels" in text and f"bottom_k={BOTTOM}" in text and "mean selectivity" in text
+    page = mined._repr_html_()
+    assert "<th>mean selectivity</th>" in page and "open the explorer" not in page
+    index = tmp_path / "it's <here>" / "index.html"
+    index.parent.mkdir()
+    index.write_text("<html></html>")
+    mined.meta["explorer"] = str(index)
+    try:
+        page = mined._repr_html_()
+    finally:
+        del mined.meta["explorer"]
+    assert "open the explorer" in page and "&lt;here&gt;" not in page  # the URI is percent-encoded
+    assert index.resolve().as_uri().replace("'", "&#x27;") in page

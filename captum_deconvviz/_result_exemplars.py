@@ -1,0 +1,197 @@
+"""The exemplar side of :class:`~captum_deconvviz.MiningResult`: records of every kind, class statistics.
+
+A mixin, so that ``mining_result.py`` stays about the top-k, crops and files: these methods
+read the same per-layer states (``self._state``) and the result's ``meta``, where mining
+records which exemplar statistics it kept (see :func:`~captum_deconvviz.mine_topk`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_float, check_int
+from ._exemplar_state import ExemplarState
+from ._ranking import f32_means
+from ._topk import TopKState
+from .exemplars import ClassStats, class_stats, quantile_rows, ranking_rows
+
+__all__ = ["ExemplarAccess", "Record"]
+
+
+class Record(NamedTuple):
+    """One strong activation: image ``index`` of the data, unit ``(y, x)``, its ``value``."""
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index: a public field name since 0.1
+    y: int
+    x: int
+    value: float
+
+
+class ExemplarAccess:
+    """Records of every kind and the class statistics of a mining result (mixed into ``MiningResult``)."""
+
+    k: int
+    meta: dict[str, Any]
+
+    if TYPE_CHECKING:
+
+        def _state(self, layer: str | nn.Module) -> tuple[str, TopKState]: ...
+
+        def _channel(self, state: TopKState, channel: int) -> int: ...
+
+    def records(
+        self, layer: str, channel: int, kind: str = "top", cls: int | None = None, q: float | None = None
+    ) -> list[Record]:
+        """The channel's records, best first (fewer than k if fewer images were mined).
+
+        Args:
+            layer: a mined layer.
+            channel: its channel.
+            kind: ``"top"``: the k strongest (ranked as mined: ``rank_by``);
+                ``"bottom"``: the ``bottom_k`` images whose best value is lowest (mined
+                with ``bottom_k``), lowest first; ``"quantile"``: the k images around
+                quantile ``q`` of the images' best values (mined with ``quantiles=True``;
+                see :func:`~captum_deconvviz.exemplars.quantile_rows`).
+            cls: with ``kind="top"``, the top-k among the images of class ``cls`` only
+                (mined with ``by_class=True``).
+            q: the quantile in [0, 1], with ``kind="quantile"``.
+
+        Returns:
+            :class:`Record` s: image index, unit ``(y, x)`` and value.
+
+        Raises:
+            ValueError: the kind was not mined, or an argument is out of range.
+
+        Example:
+            >>> result.records("features.9", 4, kind="bottom")[0]  # doctest: +SKIP
+            Record(index=17, y=2, x=6, value=-1.93)
+        """
+        _, state = self._state(layer)
+        channel = self._channel(state, channel)
+        plane, width = state.height * state.width, state.width
+        kind = check_choice(kind, "kind", ("top", "bottom", "quantile"))
+        if cls is not None and kind != "top":
+            raise ValueError(f"cls picks a class's own top-k: it needs kind='top', got kind={kind!r}")
+        if q is not None and kind != "quantile":
+            raise ValueError(f"q is the quantile of kind='quantile', got kind={kind!r}")
+        if kind == "top" and cls is None:
+            return [Record(*place) for place in ranking_rows(state.values[channel], state.key[channel], plane, width)]
+        exemplars = self._exemplars(layer, state, kind, cls)
+        if kind == "quantile":
+            if q is None:
+                raise ValueError("kind='quantile' needs q, the quantile in [0, 1]")
+            quantile = check_float(q, "q", minimum=0.0, maximum=1.0)
+            best, position = exemplars.tables["image_best"][:, channel], exemplars.tables["image_position"][:, channel]
+            return [Record(*place) for place in quantile_rows(best, position, quantile, self.k, width)]
+        if kind == "bottom":
+            ranking = exemplars.rankings["bottom"]
+            return [
+                Record(*place) for place in ranking_rows(ranking.values[channel], ranking.key[channel], plane, width)
+            ]
+        assert cls is not None
+        ranking = exemplars.rankings["by_class"]
+        classes = max(exemplars.classes, len(self.class_names or []))
+        checked = check_int(cls, "cls", minimum=0, maximum=max(classes - 1, 0))
+        if checked is None or checked >= exemplars.classes:  # a named class that no mined image had
+            return []
+        values, key = ranking.values[channel, checked], ranking.key[channel, checked]
+        return [Record(*place) for place in ranking_rows(values, key, plane, width)]
+
+    def _exemplars(self, layer: str, state: TopKState, kind: str, cls: int | None) -> ExemplarState:
+        """The layer's exemplar state, if it holds ``kind``; else a ValueError saying how to mine it."""
+        exemplars = state.exemplars
+        needs = {"bottom": ("bottom", "bottom_k=N"), "quantile": ("image_best", "quantiles=True")}
+        name, option = needs.get(kind, ("by_class", "labels and by_class=True"))
+        if exemplars is None or (name not in exemplars.rankings and name not in exemplars.tables):
+            what = f"cls={cls}" if kind == "top" else f"kind={kind!r}"
+            raise ValueError(f"{what}: layer {layer!r} was not mined with {option} (see mine_topk)")
+        return exemplars
+
+    # ---- exemplars in context -----------------------------------------------------------
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the result was mined with labels (:meth:`class_stats` is available)."""
+        return bool(self._options().get("labels", False))
+
+    @property
+    def bottom_k(self) -> int:
+        """The bottom-k kept per channel (0: none; see :meth:`records`)."""
+        return int(self._options().get("bottom_k", 0))
+
+    @property
+    def rank_by(self) -> str:
+        """What records are ranked by: ``"activation"`` or ``"relevance"``."""
+        return str(self._options().get("rank_by", "activation"))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The data's class names (its ``classes``), where it had them and labels were mined."""
+        names = self.meta.get("class_names")
+        return list(names) if isinstance(names, list) else None
+
+    def _options(self) -> dict[str, Any]:
+        options = self.meta.get("exemplars")
+        return options if isinstance(options, dict) else {}
+
+    def class_stats(self, layer: str) -> ClassStats:
+        """Per-channel class histogram, class means, selectivity index and top class.
+
+        Args:
+            layer: a layer mined with ``labels``.
+
+        Returns:
+            :class:`~captum_deconvviz.exemplars.ClassStats`.
+
+        Raises:
+            ValueError: the result was mined without labels.
+
+        Example:
+            >>> stats = result.class_stats("features.9")  # doctest: +SKIP
+            >>> stats.selectivity.nanmean(), stats.name(int(stats.top_class[0]))
+        """
+        name, state = self._state(layer)
+        if state.exemplars is None or "class_top" not in state.exemplars.rankings:
+            raise ValueError(
+                f"layer {name!r} was mined without labels: pass labels=True (or a LongTensor) to mine_topk"
+            )
+        return class_stats(state.exemplars, self.class_names)
+
+    def class_units(self, layer: str, cls: int, n: int = 9) -> tuple[Tensor, Tensor]:
+        """The ``n`` channels of ``layer`` with the largest mean relevance for class ``cls``.
+
+        A channel's relevance for an image is its activation times the gradient of the
+        target output, summed over its positions; the mean runs over the images of class
+        ``cls``. Mined with ``rank_by="relevance"``, ``labels`` and ``target="label"``, that
+        is each image's relevance for its own class: which units matter for class ``cls``
+        (the question Concept Relevance Propagation answers). Draw their top-k with
+        :meth:`records` or :func:`~captum_deconvviz.plot_topk`.
+
+        Args:
+            layer: a layer mined with ``rank_by="relevance"`` and labels.
+            cls: the class.
+            n: how many channels.
+
+        Returns:
+            ``(channels [n], mean relevance [n])``, largest first (ties: the lower channel).
+
+        Example:
+            >>> channels, relevance = result.class_units("features.9", cls=3)  # doctest: +SKIP
+        """
+        name, state = self._state(layer)
+        exemplars = state.exemplars
+        if exemplars is None or "relevance_sum" not in exemplars.tables:
+            raise ValueError(
+                f"layer {name!r} was not mined with rank_by='relevance' and labels: class_units needs both"
+            )
+        checked = check_int(cls, "cls", minimum=0, maximum=max(exemplars.classes, 1) - 1)
+        count = check_int(n, "n", minimum=1, maximum=exemplars.channels)
+        assert checked is not None and count is not None
+        means = f32_means(exemplars.tables["relevance_sum"][:, checked], exemplars.tables["class_count"][:, checked])
+        if bool(torch.isnan(means).all()):
+            raise ValueError(f"cls={checked}: no mined image has this label")
+        order = torch.argsort(torch.nan_to_num(means, nan=float("-inf")), descending=True, stable=True)[:count]
+        return order, means[order]
