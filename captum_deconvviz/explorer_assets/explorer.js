@@ -19,7 +19,7 @@
   var byName = Object.create(null);
   DATA.layers.forEach(function (layer, i) { layer.position = i; byName[layer.name] = layer; });
   var table = { layer: null, key: "channel", dir: 1, show: "all", cls: -1, order: [], cursor: -1 };
-  var page = { layer: null, channel: -1, kind: "top", record: -1, overlay: "heat_map" };
+  var page = { layer: null, channel: -1, kind: "top", record: -1, overlay: "blended" };
   var OVERLAYS = [["none", "none"], ["heat_map", "heat map"], ["blended", "blended"], ["masked", "masked"]];
 
   // ---- small helpers ----------------------------------------------------------------
@@ -395,13 +395,13 @@
     if (s.dead[channel]) { add(left, el("p", "dead-note", "Dead: never active on these images.")); }
     add(left, el("h2", null, "Top " + DATA.k));
     add(left, recordBlocks(layer, channel, "top"));
-    if (layer.bottom) {
-      add(left, el("h2", null, "Bottom " + DATA.bottom_k));
-      add(left, recordBlocks(layer, channel, "bottom"));
-    }
     if (layer.classes) {
       add(left, el("h2", null, "Classes of its " + layer.classes.top_n + " strongest images"));
       add(left, histogram(layer, channel));
+    }
+    if (layer.bottom) {
+      add(left, el("h2", null, "Bottom " + DATA.bottom_k));
+      add(left, recordBlocks(layer, channel, "bottom"));
     }
     var detail = el("div", "detail");
     detail.id = "detail";
@@ -431,6 +431,11 @@
     whole.style.height = h * scale + "px";
     add(whole, cell(images, images.files, Math.floor(slot / images.cols), slot % images.cols, scale, imageLabel(slot)));
     var top = record[4], left = record[5], bottom = record[6], right = record[7];
+    // Room around the image for the part of the box that leaves it.
+    whole.style.marginLeft = Math.max(0, -left) * scale + "px";
+    whole.style.marginTop = Math.max(0, -top) * scale + "px";
+    whole.style.marginRight = Math.max(0, right - w) * scale + "px";
+    whole.style.marginBottom = Math.max(0, bottom - h) * scale + "px";
     var overlayKey = kind === "top" ? page.overlay : "none";
     if (overlayKey !== "none" && part.files[overlayKey]) {
       var overlay = cell(part, part.files[overlayKey], channel, index, scale);
