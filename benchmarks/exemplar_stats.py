@@ -172,7 +172,7 @@ def figures(result: MiningResult, model: nn.Module, data: LabelledImages, folder
     import matplotlib
 
     matplotlib.use("Agg")
-    from captum_deconvviz import plot_exemplars, plot_selectivity
+    from captum_deconvviz import exemplar_rows, plot_exemplars, plot_selectivity
     from captum_deconvviz.zoo import denormalize
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,8 +185,8 @@ def figures(result: MiningResult, model: nn.Module, data: LabelledImages, folder
     unit = int(stats.selectivity.nan_to_num(-1.0).argmax()) if number == "auto" else int(number)
     # its second class by class mean: the top-9 of its top class are often its top-9 overall
     second = int(stats.class_means[unit].nan_to_num(float("-inf")).argsort(descending=True)[1])
-    fig, _ = plot_exemplars(result, data, layer, unit, model=model, quantiles=(0.5,), classes=(second,),
-                            denormalize=denormalize, use_pyplot=False)  # fmt: skip
+    rows = exemplar_rows(result, data, layer, unit, model=model, quantiles=(0.5,), classes=(second,))
+    fig, _ = plot_exemplars(rows, denormalize=denormalize, use_pyplot=False)
     fig.savefig(folder / f"exemplars_{layer.replace('.', '_')}_{unit}.png", dpi=150, bbox_inches="tight")
     print(f"figures written to {folder}")
 

@@ -1,6 +1,7 @@
 """captum-deconvviz: Zeiler & Fergus's DeconvNet, with true switch unpooling, for Captum."""
 
 from ._exemplar_agreement import ExemplarAgreement, exemplar_agreement
+from ._exemplar_records import ExemplarRow, class_unit_rows, exemplar_rows
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 from .compare import ComparisonResult, RandomizationResult, compare_methods, randomization_test
 from .diagnose import (
@@ -48,6 +49,7 @@ __all__ = [
     "Diagnosis",
     "EngineGuidedBackprop",
     "ExemplarAgreement",
+    "ExemplarRow",
     "FeatureEvolution",
     "MiningResult",
     "NeuronEngineGuidedBackprop",
@@ -60,9 +62,11 @@ __all__ = [
     "ReverseRules",
     "ZFDeconvolution",
     "__version__",
+    "class_unit_rows",
     "compare_methods",
     "diagnose",
     "exemplar_agreement",
+    "exemplar_rows",
     "feature_evolution",
     "hierarchy_channels",
     "mine_topk",

@@ -3,8 +3,9 @@
 Drawn from a :class:`~captum_deconvviz.MiningResult` mined with labels
 (``mine_topk(..., labels=True)``): :func:`plot_class_histogram` from
 :meth:`~captum_deconvviz.MiningResult.class_stats`, :func:`plot_selectivity` from the
-selectivity index of every layer, :func:`plot_class_units` from
-:meth:`~captum_deconvviz.MiningResult.class_units` with the row layout of
+selectivity index of every layer, :func:`plot_class_units` from the rows that
+:func:`~captum_deconvviz.class_unit_rows` computes with
+:meth:`~captum_deconvviz.MiningResult.class_units`, in the row layout of
 ``_exemplar_figures``. Exported by ``viz``.
 """
 
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import check_bool, check_float, check_int, show
-from ._exemplar_figures import RESULT_ORIGIN, Row, check_cells, class_name, draw_rows, mined_option
+from ._exemplar_figures import draw_exemplar_rows
+from ._exemplar_records import ExemplarRow
 from ._figures import check_indices, check_type, finish, new_figure
 from .exemplars import ClassStats
 from .mining_result import MiningResult
@@ -30,11 +32,12 @@ __all__ = ["BAR_COLOR", "MEDIAN_COLOR", "POINT_COLOR", "TOP_CLASS_COLOR", "plot_
 #: The bars of the classes, the bar of the channel's top class, the points of the selectivity strip.
 BAR_COLOR, TOP_CLASS_COLOR, POINT_COLOR = "#8da0b6", "#c0392b", "#34608d"
 MEDIAN_COLOR = "#e67e22"
+_RESULT_ORIGIN = "from mine_topk or MiningResult.load"
 
 
 def _class_stats(result: Any, layer: str, caller: str) -> ClassStats:
     """``result.class_stats(layer)``, or a one-line error saying how to mine with labels."""
-    check_type(result, "result", MiningResult, RESULT_ORIGIN)
+    check_type(result, "result", MiningResult, _RESULT_ORIGIN)
     if not result.has_labels:
         raise ValueError(f"{caller} needs class statistics: the result was mined without labels; pass labels=True "
                          "(data of (image, label) items) or a LongTensor of labels to mine_topk")  # fmt: skip
@@ -168,7 +171,7 @@ def plot_selectivity(
         ...                    progress=False)  # doctest: +SKIP
         >>> fig, ax = plot_selectivity(result, threshold=0.5, use_pyplot=False)  # doctest: +SKIP
     """
-    check_type(result, "result", MiningResult, RESULT_ORIGIN)
+    check_type(result, "result", MiningResult, _RESULT_ORIGIN)
     layers_ = result.layers if layers is None else [layers] if isinstance(layers, str) else layers
     if not isinstance(layers_, Sequence) or not all(isinstance(n, str) for n in layers_):
         raise TypeError(f"layers must be a layer name or a list of them (see result.layers), got {show(layers)}")
@@ -228,13 +231,8 @@ def plot_selectivity(
 
 
 def plot_class_units(
-    result: MiningResult,
-    data: Any,
-    layer: str,
-    cls: int,
-    model: nn.Module | None = None,
-    n: int = 9,
-    within_class: bool = False,
+    rows: Sequence[ExemplarRow],
+    *,
     method: str = "projection",
     sign: str = "absolute_value",
     cmap: str | None = None,
@@ -243,71 +241,45 @@ def plot_class_units(
     denormalize: Callable[[Tensor], Tensor] | None = None,
     cell_inches: float = 0.55,
     use_pyplot: bool = True,
+    title: str | None = None,
 ) -> tuple[Figure, np.ndarray]:
-    """Which units matter for class ``cls``: the ``n`` channels of largest mean relevance, with their top-k.
+    """Which units matter for a class: the channels of largest mean relevance, with their top-k.
 
-    The question users bring to Concept Relevance Propagation. The channels and their
-    mean relevance come from :meth:`MiningResult.class_units` (a channel's relevance for
-    an image is its activation times the gradient of the image's own class logit,
-    summed over its positions; the mean runs over the images of class ``cls``). One
-    row per channel, most relevant first, titled with its mean relevance; its cells are
-    the channel's top-k patches (ranked by relevance, as mined), each (with ``model``)
-    followed by its DeconvNet projection.
+    The question users bring to Concept Relevance Propagation. Draws the rows that
+    :func:`~captum_deconvviz.class_unit_rows` computes (and runs no model): one row per
+    channel, most relevant first, titled with its mean relevance; its cells are the
+    channel's top-k patches (ranked by relevance, as mined), each (where the rows have
+    projections) followed by its DeconvNet projection. The layout is that of
+    :func:`~captum_deconvviz.plot_exemplars`; the figure title is the rows'
+    ``figure_title`` (the layer and the class).
 
     Args:
-        result: a result of ``mine_topk(..., labels=True, rank_by="relevance",
-            target="label")``.
-        data: the data that was mined.
-        layer: a mined layer.
-        cls: the class.
-        model: the mined model: with it, each patch gets its DeconvNet projection.
-        n: how many channels (rows).
-        within_class: show each channel's top-k among the images of class ``cls`` only
-            (needs ``by_class=True``) instead of its top-k over all images.
+        rows: :class:`~captum_deconvviz.ExemplarRow` s, e.g. ``class_unit_rows(result,
+            data, layer, cls, model=model, n=6)``; drawn top to bottom.
         method, sign, cmap, alpha_overlay, outlier_perc, denormalize, cell_inches,
-            use_pyplot: as in :func:`~captum_deconvviz.plot_exemplars`.
+            use_pyplot, title: as in :func:`~captum_deconvviz.plot_exemplars`.
 
     Returns:
-        ``(fig, axes)``: axes ``[n, 2, k]``, side 0 the projections (None without
-        ``model``), side 1 the patches; row ``i`` is the channel ``class_units(layer,
-        cls, n)[0][i]``.
+        ``(fig, axes)``: axes ``[rows, 2, k]``, side 0 the projections (None where the
+        rows have none), side 1 the patches; axes row ``i`` draws ``rows[i]``.
 
     Raises:
-        ValueError: the result was not mined with ``rank_by="relevance"`` and labels,
-            ``within_class`` without ``by_class``, ``cls`` or ``n`` out of range, or no
-            mined image has label ``cls``.
-        TypeError: ``result`` is not a ``MiningResult``, or an argument of the wrong type.
+        TypeError: ``rows`` are not ``ExemplarRow`` s (a ``MiningResult``: compute the
+            rows with :func:`~captum_deconvviz.class_unit_rows` first), or an argument of
+            the wrong type.
+        ValueError: no rows, rows with and rows without projections, projections that do
+            not match their patches, or a cell option out of range.
 
     Example:
-        >>> from captum_deconvviz import mine_topk, plot_class_units
+        >>> from captum_deconvviz import class_unit_rows, mine_topk, plot_class_units
         >>> from captum_deconvviz.zoo import default_sample, denormalize, load_default_model
         >>> model, data = load_default_model(), default_sample()
         >>> result = mine_topk(model, "features.9", data, labels=True, rank_by="relevance", target="label",
         ...                    progress=False)  # doctest: +SKIP
-        >>> fig, axes = plot_class_units(result, data, "features.9", cls=3, model=model, n=6,
-        ...                              denormalize=denormalize, use_pyplot=False)  # doctest: +SKIP
+        >>> rows = class_unit_rows(result, data, "features.9", cls=3, model=model, n=6)  # doctest: +SKIP
+        >>> fig, axes = plot_class_units(rows, denormalize=denormalize, use_pyplot=False)  # doctest: +SKIP
     """
-    check_type(result, "result", MiningResult, RESULT_ORIGIN)
-    check_cells(method, sign, cmap, alpha_overlay, outlier_perc, cell_inches, denormalize)
-    check_bool(within_class, "within_class")
-    check_bool(use_pyplot, "use_pyplot")
-    if result.rank_by != "relevance" or not result.has_labels:
-        raise ValueError(f"plot_class_units needs a result mined with labels=True, rank_by='relevance' and target="
-                         f"'label'; this one has rank_by={result.rank_by!r}, labels={result.has_labels}")  # fmt: skip
-    if within_class and not mined_option(result, "by_class"):
-        raise ValueError("within_class=True needs a result mined with by_class=True (see mine_topk)")
-    channels, relevance = result.class_units(layer, cls, n)
-    kind_cls = int(cls) if within_class else None
-    rows = []
-    for channel, value in zip(channels.tolist(), relevance.tolist(), strict=True):
-        patches = result.patches(data, layer, channel, cls=kind_cls)
-        projections = None if model is None else result.projections(model, data, layer, channel, cls=kind_cls)
-        rows.append(Row(f"#{channel}: mean relevance {value:.3g}", patches, projections))
-    among = f", each its top {result.k} in class {class_name(result, int(cls))}" if within_class else ""
-    heading = (f"{layer}: the {len(rows)} channels of largest mean relevance for class "
-               f"{class_name(result, int(cls))}{among}")  # fmt: skip
-    if model is not None:
-        heading += "\neach record: its patch, then its DeconvNet projection"
     options = {"method": method, "sign": sign, "cmap": cmap, "alpha_overlay": alpha_overlay,
                "outlier_perc": outlier_perc}  # fmt: skip
-    return draw_rows(rows, heading, cell_inches, use_pyplot, options, denormalize)
+    return draw_exemplar_rows(rows, "class_unit_rows(result, data, layer, cls, model=model)", title, cell_inches,
+                              use_pyplot, options, denormalize)  # fmt: skip

@@ -1,9 +1,11 @@
 """Exemplar figures: the Guided Backprop column of ``plot_topk`` and the exemplar rows of a channel.
 
 :func:`plot_exemplars` draws one row per view of a channel (its top-k, bottom-k, the images
-at activation quantiles, a class's own top-k): patches (and, with ``model``, DeconvNet
-projections) that the :class:`~captum_deconvviz.MiningResult` returns. Its row layout
-(:func:`draw_rows`) also serves ``plot_class_units`` in ``_class_figures``.
+at activation quantiles, a class's own top-k): the :class:`~captum_deconvviz.ExemplarRow` s
+that :func:`~captum_deconvviz.exemplar_rows` computes (``_exemplar_records``, a layer
+below), patches and, where computed with a model, their DeconvNet projections. It runs no
+model. Its row layout (:func:`draw_exemplar_rows`) also serves ``plot_class_units`` in
+``_class_figures``.
 
 With ``plot_topk(guided=True)`` each record becomes three cells side by side: its patch,
 its DeconvNet projection and its Guided Backprop projection (seeded with the same unit),
@@ -17,22 +19,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._checks import check_bool, check_float, check_int, show
+from ._checks import check_bool, check_float, show
 from ._exemplar_agreement import channel_means, crop_agreement
+from ._exemplar_records import ExemplarRow
 from ._figures import (
     CAPTUM_METHODS,
     blank,
     check_cell_style,
     check_cmap,
     check_image_function,
-    check_type,
     display_image,
     finish,
     grid,
@@ -42,8 +43,8 @@ from ._figures import (
 from .mining_result import Crops, MiningResult
 
 __all__ = [
-    "GUIDED_SIDE", "RESULT_ORIGIN", "Row", "check_cells", "class_name", "draw_rows", "guided_block", "guided_titles",
-    "guided_widths", "mined_option", "plot_exemplars",
+    "GUIDED_SIDE", "PAIRED_LINE", "check_cells", "check_rows", "draw_exemplar_rows", "draw_rows", "guided_block",
+    "guided_titles", "guided_widths", "plot_exemplars",
 ]  # fmt: skip
 
 #: Index of the Guided Backprop cells in ``plot_topk``'s axes (0: DeconvNet, 1: patches).
@@ -123,18 +124,10 @@ def guided_titles(deconv: Tensor, guided: Tensor, mask: Tensor) -> list[str]:
 # Rows of exemplars: plot_exemplars and plot_class_units.
 # --------------------------------------------------------------------------------------
 
-RESULT_ORIGIN = "from mine_topk or MiningResult.load"
 #: Heights of a row's title line and of its cells, and the gap between two records' cell pairs, in cells.
 _HEADER, _PAIR_GAP = 0.42, 0.25
-
-
-@dataclass
-class Row:
-    """One row of a figure: its title, its patches and (with a model) their projections."""
-
-    title: str
-    patches: Crops
-    projections: Crops | None
+#: The figure title's second line where the rows have projections.
+PAIRED_LINE = "each record: its patch, then its DeconvNet projection"
 
 
 def check_cells(
@@ -149,12 +142,73 @@ def check_cells(
     check_image_function(denormalize, "denormalize")
 
 
-def _range(values: list[float]) -> str:
-    return f"{values[0]:.3g} to {values[-1]:.3g}" if values else "no records"
+def _check_crops(crops: Any, argname: str) -> Crops:
+    if not isinstance(crops, Crops):
+        raise TypeError(f"{argname} must be Crops (images [k, C, h, w], mask [k, h, w]), got {show(crops)}")
+    images, mask = crops.images, crops.mask
+    if not isinstance(images, Tensor) or not isinstance(mask, Tensor) or images.dim() != 4 or mask.dim() != 3 or (
+        images.shape[0] != mask.shape[0] or images.shape[2:] != mask.shape[1:]
+    ):  # fmt: skip
+        raise ValueError(f"{argname} must hold images [k, C, h, w] and a mask [k, h, w] of one channel's records, "
+                         f"got {show(images)} and {show(mask)}")  # fmt: skip
+    return crops
+
+
+def check_rows(rows: Any, maker: str) -> list[ExemplarRow]:
+    """``rows`` as a list of :class:`ExemplarRow`, checked before anything is drawn.
+
+    ``maker`` names the function that computes them, for the message (a result passed
+    where rows belong is the spelling of before the rows were computed apart).
+    """
+    if isinstance(rows, MiningResult):
+        raise TypeError(f"rows must be ExemplarRows: compute them with {maker} and pass those (figures run no "
+                        "model), got a MiningResult")  # fmt: skip
+    if isinstance(rows, ExemplarRow):
+        rows = [rows]
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise TypeError(f"rows must be a list of ExemplarRows (from {maker}), got {show(rows)}")
+    if not rows:
+        raise ValueError(f"rows is empty: nothing to draw (compute rows with {maker})")
+    checked = list(rows)
+    for i, row in enumerate(checked):
+        if not isinstance(row, ExemplarRow):
+            raise TypeError(f"rows[{i}] must be an ExemplarRow (from {maker}), got {type(row).__name__}")
+        if not isinstance(row.title, str) or not isinstance(row.figure_title, str):
+            raise TypeError(f"rows[{i}].title and .figure_title must be str, got {show(row.title)} and "
+                            f"{show(row.figure_title)}")  # fmt: skip
+        patches = _check_crops(row.patches, f"rows[{i}].patches")
+        if row.projections is not None:
+            projections = _check_crops(row.projections, f"rows[{i}].projections")
+            if projections.images.shape[0] != patches.images.shape[0] or (
+                projections.images.shape[2:] != patches.images.shape[2:]
+            ):  # fmt: skip
+                raise ValueError(f"rows[{i}].projections must match its patches [k, C, h, w], got "
+                                 f"{list(projections.images.shape)} for {list(patches.images.shape)}")  # fmt: skip
+        if (row.projections is None) != (checked[0].projections is None):
+            raise ValueError(f"rows[{i}] {'has no' if row.projections is None else 'has'} projections, rows[0] "
+                             f"{'has' if row.projections is None else 'has none'}: compute all rows with the same "
+                             "model= (or all without)")  # fmt: skip
+    return checked
+
+
+def _figure_title(rows: list[ExemplarRow], title: Any) -> str:
+    """``title``, or the rows' own: their distinct ``figure_title`` s (else layer and channel), in order."""
+    if title is not None:
+        if not isinstance(title, str):
+            raise TypeError(f"title must be a str or None (the rows' own), got {show(title)}")
+        return title
+    lines: list[str] = []
+    for row in rows:
+        line = row.figure_title or f"{row.layer} #{row.channel}"
+        if line not in lines:
+            lines.append(line)
+    if rows[0].projections is not None:
+        lines.append(PAIRED_LINE)
+    return "\n".join(lines)
 
 
 def draw_rows(
-    rows: list[Row], title: str, cell_inches: float, use_pyplot: bool, draw_options: dict[str, Any],
+    rows: list[ExemplarRow], title: str, cell_inches: float, use_pyplot: bool, draw_options: dict[str, Any],
     denormalize: Callable[[Tensor], Tensor] | None,
 ) -> tuple[Figure, np.ndarray]:  # fmt: skip
     """Lay out ``rows``: per row a title line, then per record its patch (and its projection on its right)."""
@@ -195,55 +249,20 @@ def draw_rows(
     return fig, axes
 
 
-def mined_option(result: MiningResult, option: str) -> Any:
-    """A mining option of the exemplar statistics as ``result.meta`` records it (None if not mined)."""
-    options = result.meta.get("exemplars")
-    return options.get(option) if isinstance(options, dict) else None
-
-
-def _views(
-    result: MiningResult, kinds: str | Sequence[str] | None, quantiles: Sequence[float], classes: Sequence[int]
-) -> list[tuple[str, int | None, float | None]]:
-    """The rows of :func:`plot_exemplars` as ``(kind, cls, q)``, each checked against what was mined."""
-    if kinds is None:
-        kinds = ("top", "bottom") if result.bottom_k else ("top",)
-    kind_list = [kinds] if isinstance(kinds, str) else list(kinds)
-    views: list[tuple[str, int | None, float | None]] = []
-    for i, kind in enumerate(kind_list):
-        if kind not in ("top", "bottom"):
-            raise ValueError(f"kinds[{i}] must be 'top' or 'bottom' (quantiles and classes have their own "
-                             f"arguments); got {show(kind)}")  # fmt: skip
-        if kind == "bottom" and not result.bottom_k:
-            raise ValueError("kinds has 'bottom', but the result was mined with bottom_k=0: pass bottom_k=9 to "
-                             "mine_topk")  # fmt: skip
-        views.append((kind, None, None))
-    for argname, values in (("quantiles", quantiles), ("classes", classes)):
-        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, Tensor)):
-            raise TypeError(f"{argname} must be a sequence (a tuple or list), got {show(values)}")
-    if len(quantiles) and not mined_option(result, "quantiles"):
-        raise ValueError("quantiles needs a result mined with quantiles=True (see mine_topk)")
-    for i, q in enumerate(quantiles):
-        views.append(("quantile", None, check_float(q, f"quantiles[{i}]", minimum=0.0, maximum=1.0)))
-    if len(classes) and not mined_option(result, "by_class"):
-        raise ValueError("classes needs a result mined with labels=True and by_class=True (see mine_topk)")
-    count = len(result.class_names or []) or None
-    for i, cls in enumerate(classes):
-        checked = check_int(cls, f"classes[{i}]", minimum=0, maximum=count - 1 if count else None)
-        views.append(("top", checked, None))
-    if not views:
-        raise ValueError("nothing to draw: kinds, quantiles and classes are all empty")
-    return views
+def draw_exemplar_rows(
+    rows: Any, maker: str, title: Any, cell_inches: float, use_pyplot: bool, draw_options: dict[str, Any],
+    denormalize: Callable[[Tensor], Tensor] | None,
+) -> tuple[Figure, np.ndarray]:  # fmt: skip
+    """Check every argument of an exemplar figure, then draw its rows (``maker``: where rows come from)."""
+    checked = check_rows(rows, maker)
+    check_cells(cell_inches=cell_inches, denormalize=denormalize, **draw_options)
+    check_bool(use_pyplot, "use_pyplot")
+    return draw_rows(checked, _figure_title(checked, title), cell_inches, use_pyplot, draw_options, denormalize)
 
 
 def plot_exemplars(
-    result: MiningResult,
-    data: Any,
-    layer: str,
-    channel: int,
-    model: nn.Module | None = None,
-    kinds: str | Sequence[str] | None = None,
-    quantiles: Sequence[float] = (),
-    classes: Sequence[int] = (),
+    rows: Sequence[ExemplarRow],
+    *,
     method: str = "projection",
     sign: str = "absolute_value",
     cmap: str | None = None,
@@ -252,31 +271,24 @@ def plot_exemplars(
     denormalize: Callable[[Tensor], Tensor] | None = None,
     cell_inches: float = 0.55,
     use_pyplot: bool = True,
+    title: str | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """One channel's exemplars, one row per view: top-k, bottom-k, quantiles, a class's own top-k.
 
-    Borowski et al. (ICLR 2021) found that people predict a unit's behaviour better from
-    its strongest *and* weakest natural exemplars than from the strongest alone; this
-    figure puts the views of one channel under each other. Each row is titled with its
-    view and the range of its records' values; its cells are the records' receptive-field
-    patches, each (with ``model``) followed by its DeconvNet projection, drawn as
-    :func:`~captum_deconvviz.plot_topk` draws them. The figure title gives the channel's
-    class selectivity index and top class when the result has labels.
+    Draws the rows that :func:`~captum_deconvviz.exemplar_rows` computes (and runs no
+    model): the views of one channel under each other, as Borowski et al. (ICLR 2021)
+    found people read a unit best, from its strongest *and* weakest natural exemplars.
+    Each row is titled with its view and the range of its records' values; its cells are
+    the records' receptive-field patches, each (where the rows have projections)
+    followed by its DeconvNet projection, drawn as
+    :func:`~captum_deconvviz.plot_topk` draws them. The figure title is the rows'
+    ``figure_title``: the channel, with its class selectivity index and top class when
+    the result has labels.
 
     Args:
-        result: a :class:`~captum_deconvviz.MiningResult`.
-        data: the data that was mined.
-        layer: a mined layer.
-        channel: the channel.
-        model: the mined model: with it, each patch gets its DeconvNet projection beside
-            it (``result.projections(model, data, layer, channel, kind=...)``, cached by
-            the result); without it, patches only.
-        kinds: ``"top"`` and/or ``"bottom"`` rows (bottom-k needs ``mine_topk(...,
-            bottom_k=N)``; its row is lowest first). Default: top, and bottom where mined.
-        quantiles: a row of the ``k`` images around each quantile of the images' best
-            values (needs ``mine_topk(..., quantiles=True)``), e.g. ``(0.5,)``.
-        classes: a row of each class's own top-k (needs ``mine_topk(..., labels=True,
-            by_class=True)``).
+        rows: :class:`~captum_deconvviz.ExemplarRow` s, e.g. ``exemplar_rows(result,
+            data, layer, channel, model=model, quantiles=(0.5,))``; drawn top to bottom.
+            All rows have projections or none has.
         method, sign, cmap, alpha_overlay, outlier_perc: how projection cells are drawn,
             as in :func:`~captum_deconvviz.plot_topk` (``"projection"``: the projection
             itself as an RGB image; otherwise Captum's ``visualize_image_attr``).
@@ -284,65 +296,34 @@ def plot_exemplars(
             :func:`captum_deconvviz.zoo.denormalize`; default min-max per patch.
         cell_inches: size of one cell.
         use_pyplot: as in Captum.
+        title: the figure's title; default the rows' distinct ``figure_title`` s (a row
+            without one: its layer and channel), and a line saying what the cells are
+            where the rows have projections.
 
     Returns:
-        ``(fig, axes)``: axes ``[rows, 2, slots]``, side 0 the projections (None without
-        ``model``), side 1 the patches; rows in the order top, bottom, quantiles,
-        classes; ``slots`` is the longest row (``k`` or ``bottom_k``).
+        ``(fig, axes)``: axes ``[rows, 2, slots]``, side 0 the projections (None where
+        the rows have none), side 1 the patches; ``slots`` is the longest row (``k`` or
+        ``bottom_k``).
 
     Raises:
-        ValueError: a view that the result was not mined for (the message says which
-            ``mine_topk`` argument to pass), a quantile outside [0, 1], a class or
-            channel out of range, no view at all, or ``data``/``model`` that were not
-            the mined ones.
-        TypeError: ``result`` is not a ``MiningResult``, or an argument of the wrong type.
+        TypeError: ``rows`` are not ``ExemplarRow`` s (a ``MiningResult``: compute the
+            rows with :func:`~captum_deconvviz.exemplar_rows` first), or an argument of
+            the wrong type.
+        ValueError: no rows, rows with and rows without projections, projections that do
+            not match their patches, or a cell option out of range.
 
     Example:
-        >>> from captum_deconvviz import mine_topk, plot_exemplars
+        >>> from captum_deconvviz import exemplar_rows, mine_topk, plot_exemplars
         >>> from captum_deconvviz.zoo import default_sample, denormalize, load_default_model
         >>> model, data = load_default_model(), default_sample()
         >>> result = mine_topk(model, "features.9", data, labels=True, bottom_k=9, quantiles=True,
         ...                    by_class=True, progress=False)  # doctest: +SKIP
-        >>> fig, axes = plot_exemplars(result, data, "features.9", 12, model=model, quantiles=(0.5,),
-        ...                            classes=(3,), denormalize=denormalize, use_pyplot=False)  # doctest: +SKIP
+        >>> rows = exemplar_rows(result, data, "features.9", 12, model=model, quantiles=(0.5,),
+        ...                      classes=(3,))  # doctest: +SKIP
+        >>> fig, axes = plot_exemplars(rows, denormalize=denormalize, use_pyplot=False)  # doctest: +SKIP
         >>> fig.savefig("exemplars.png", dpi=200)  # doctest: +SKIP
     """
-    check_type(result, "result", MiningResult, RESULT_ORIGIN)
-    check_cells(method, sign, cmap, alpha_overlay, outlier_perc, cell_inches, denormalize)
-    check_bool(use_pyplot, "use_pyplot")
-    if isinstance(channel, Sequence) or (isinstance(channel, Tensor) and channel.dim() > 0):
-        raise TypeError(f"channel must be one channel index (one figure per channel), got {show(channel)}")
-    views = _views(result, kinds, quantiles, classes)
-    records = {view: result.records(layer, channel, kind=view[0], cls=view[1], q=view[2]) for view in views}
-    rows = []
-    ranked = "" if result.rank_by == "activation" else " by relevance"
-    for (kind, cls, q), found in records.items():
-        values = [record.value for record in found]
-        if kind == "bottom":
-            title = f"bottom {result.bottom_k}, lowest first ({_range(values)})"
-        elif kind == "quantile":
-            title = f"around quantile {q:g} ({_range(values)})"
-        elif cls is not None:
-            title = f"top {result.k}{ranked} among class {class_name(result, cls)} ({_range(values)})"
-        else:
-            title = f"top {result.k}{ranked} ({_range(values)})"
-        patches = result.patches(data, layer, channel, kind=kind, cls=cls, q=q)
-        projections = None if model is None else result.projections(model, data, layer, channel, kind=kind, cls=cls,
-                                                                     q=q)  # fmt: skip
-        rows.append(Row(title, patches, projections))
-    heading = f"{layer} #{channel}"
-    if result.has_labels:
-        stats = result.class_stats(layer)
-        selectivity = float(stats.selectivity[channel])
-        shown = "n/a" if math.isnan(selectivity) else f"{selectivity:.2f}"
-        heading += f": class selectivity {shown}, top class {stats.name(int(stats.top_class[channel]))}"
-    if model is not None:
-        heading += "\neach record: its patch, then its DeconvNet projection"
     options = {"method": method, "sign": sign, "cmap": cmap, "alpha_overlay": alpha_overlay,
                "outlier_perc": outlier_perc}  # fmt: skip
-    return draw_rows(rows, heading, cell_inches, use_pyplot, options, denormalize)
-
-
-def class_name(result: MiningResult, cls: int) -> str:
-    names = result.class_names
-    return names[cls] if names is not None and 0 <= cls < len(names) else str(cls)
+    return draw_exemplar_rows(rows, "exemplar_rows(result, data, layer, channel, model=model)", title, cell_inches,
+                              use_pyplot, options, denormalize)  # fmt: skip

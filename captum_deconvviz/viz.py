@@ -13,7 +13,9 @@ as an RGB image, as Zeiler & Fergus do. Figures are plain matplotlib: save them 
 written in ``_result_figures``, the hierarchy in ``_hierarchy_figure``, a channel's
 exemplars (:func:`plot_exemplars`) in ``_exemplar_figures``, the class statistics
 (:func:`plot_class_histogram`, :func:`plot_selectivity`, :func:`plot_class_units`) in
-``_class_figures``; all are exported here.
+``_class_figures``; all are exported here. The exemplar figures draw rows computed
+beforehand, with their projections, by :func:`~captum_deconvviz.exemplar_rows` and
+:func:`~captum_deconvviz.class_unit_rows`.
 """
 
 from __future__ import annotations

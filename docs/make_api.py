@@ -23,8 +23,8 @@ SECTIONS = {
     "Mining": ["mine_topk", "MiningResult", "Record", "ChannelStats", "Crops"],
     "Figures": [
         "plot_filters", "plot_topk", "plot_hierarchy", "hierarchy_channels", "plot_comparison", "plot_randomization",
-        "plot_diagnosis", "plot_feature_evolution", "plot_exemplars", "plot_class_histogram", "plot_selectivity",
-        "plot_class_units",
+        "plot_diagnosis", "plot_feature_evolution", "exemplar_rows", "ExemplarRow", "plot_exemplars",
+        "plot_class_histogram", "plot_selectivity", "class_unit_rows", "plot_class_units",
     ],
     "Comparison and sanity checks": [
         "compare_methods", "ComparisonResult", "randomization_test", "RandomizationResult", "exemplar_agreement",
@@ -65,7 +65,13 @@ def _entry(obj: object, name: str) -> str:
     kind = "class" if inspect.isclass(obj) else "def"
     lines = [f"### `{name}`", "", "```text", f"{kind} {name}{signature}", "```", "", doc, ""]
     if inspect.isclass(obj):
-        for attr, member in sorted(vars(obj).items()):
+        own = [
+            base
+            for base in reversed(obj.__mro__)
+            if base is obj or (base.__module__.startswith("captum_deconvviz") and not base.__name__.startswith("_"))
+        ]  # a mixin's too
+        members = {attr: member for base in own for attr, member in vars(base).items()}
+        for attr, member in sorted(members.items()):
             if attr.startswith("_") or (not callable(member) and not isinstance(member, (property, classmethod))):
                 continue
             func = member.__func__ if isinstance(member, classmethod) else member

@@ -9,6 +9,9 @@ the argument and the ``mine_topk`` option to pass.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -24,8 +27,13 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+import captum_deconvviz._exemplar_figures as exemplar_figures
 from captum_deconvviz import (
+    Crops,
+    ExemplarRow,
     MiningResult,
+    class_unit_rows,
+    exemplar_rows,
     mine_topk,
     plot_class_histogram,
     plot_class_units,
@@ -33,6 +41,7 @@ from captum_deconvviz import (
     plot_selectivity,
 )
 from captum_deconvviz._class_figures import BAR_COLOR, MEDIAN_COLOR, POINT_COLOR, TOP_CLASS_COLOR
+from captum_deconvviz._exemplar_figures import PAIRED_LINE
 from captum_deconvviz.viz import normalize_projection
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, denormalize
 
@@ -194,21 +203,45 @@ def test_selectivity_strip_and_median_are_each_layers_values(result: MiningResul
 # ---- a channel's exemplars --------------------------------------------------------------
 
 
-def test_exemplar_rows_are_the_views_patches_and_projections(
+def test_exemplar_rows_are_the_views_records_patches_and_projections(
     model: nn.Module, data: Labelled, result: MiningResult
 ) -> None:
     layer, channel, q, cls = "features.4", 5, 0.5, 2
-    fig, axes = plot_exemplars(result, data, layer, channel, model=model, quantiles=(q,), classes=(cls,),
-                               denormalize=denormalize, cell_inches=0.9, use_pyplot=False)  # fmt: skip
+    rows = exemplar_rows(result, data, layer, channel, model=model, quantiles=(q,), classes=(cls,))
+    views = [{"kind": "top"}, {"kind": "bottom"}, {"kind": "quantile", "q": q}, {"kind": "top", "cls": cls}]
+    assert [(r.kind, r.cls, r.q) for r in rows] == [(v["kind"], v.get("cls"), v.get("q")) for v in views]
+    assert {(r.layer, r.channel, r.relevance) for r in rows} == {(layer, channel, None)}
+    for row, view in zip(rows, views, strict=True):
+        assert row.records == result.records(layer, channel, **view)
+        assert torch.equal(row.patches.images, result.patches(data, layer, channel, **view).images)
+        assert torch.equal(row.patches.mask, result.patches(data, layer, channel, **view).mask)
+        assert row.projections is not None
+        assert torch.equal(row.projections.images, result.projections(model, data, layer, channel, **view).images)
+    assert len({tuple(r.index for r in row.records) for row in rows}) == 4  # four views, four sets of images
+    bottom = rows[1].records
+    assert bottom[0].value <= bottom[-1].value  # lowest first
+    assert rows[1].title == f"bottom 9, lowest first ({bottom[0].value:.3g} to {bottom[-1].value:.3g})"
+    assert rows[3].title.startswith(f"top 9 among class {result.class_names[cls]} (")  # type: ignore[index]
+    stats = result.class_stats(layer)
+    top_class = stats.name(int(stats.top_class[channel]))
+    heading = f"{layer} #{channel}: class selectivity {float(stats.selectivity[channel]):.2f}, top class {top_class}"
+    assert {row.figure_title for row in rows} == {heading}
+    assert all(row.projections is None for row in exemplar_rows(result, data, layer, channel))  # no model
+
+
+def test_plot_exemplars_draws_each_rows_patches_and_projections(
+    model: nn.Module, data: Labelled, result: MiningResult
+) -> None:
+    layer, channel, q, cls = "features.4", 5, 0.5, 2
+    rows = exemplar_rows(result, data, layer, channel, model=model, quantiles=(q,), classes=(cls,))
+    fig, axes = plot_exemplars(rows, denormalize=denormalize, cell_inches=0.9, use_pyplot=False)
     views = [{"kind": "top"}, {"kind": "bottom"}, {"kind": "quantile", "q": q}, {"kind": "top", "cls": cls}]
     assert axes.shape == (4, 2, 9)
     pixels = _canvas(fig)
     size = tuple(result.fields[layer].size)
-    seen = []
     for row, view in enumerate(views):
-        patches = result.patches(data, layer, channel, **view)
+        patches = result.patches(data, layer, channel, **view)  # the result's own crops, not the rows'
         projections = result.projections(model, data, layer, channel, **view)
-        seen.append(patches.images)
         for slot in range(9):
             patch_ax, projection_ax = axes[row, 1, slot], axes[row, 0, slot]
             assert patch_ax.get_position().x1 < projection_ax.get_position().x0  # the projection on its right
@@ -218,21 +251,55 @@ def test_exemplar_rows_are_the_views_patches_and_projections(
             if projections.images[slot].any():
                 shown = np.clip((normalize_projection(projections.images[slot], 2) * 255).astype(int), 0, 255)
                 assert np.abs(_cell_pixels(pixels, projection_ax, size) - shown).max() <= 1, (row, slot)
-    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])  # the rows are other images
     texts = _texts(fig)
-    records = result.records(layer, channel, kind="bottom")
-    assert f"bottom 9, lowest first ({records[0].value:.3g} to {records[-1].value:.3g})" in texts
-    assert any(t.startswith(f"top 9 among class {result.class_names[cls]} (") for t in texts)  # type: ignore[index]
-    stats = result.class_stats(layer)
-    assert f"{layer} #{channel}: class selectivity {float(stats.selectivity[channel]):.2f}, top class " in texts[-1]
+    assert [row.title for row in rows] == [t for t in texts if t != texts[-1]]  # one title line per row
+    assert texts[-1] == f"{rows[0].figure_title}\n{PAIRED_LINE}"
     heights = [axes[r, 1, 0].get_position().y0 for r in range(4)]
     assert heights == sorted(heights, reverse=True)  # rows top to bottom: top, bottom, quantile, class
 
 
-def test_exemplars_without_model_are_patches_only(data: Labelled, result: MiningResult) -> None:
-    fig, axes = plot_exemplars(result, data, "features.9", 1, kinds="top", use_pyplot=False)
+def test_plot_exemplars_draws_the_tensors_of_rows_made_by_hand() -> None:
+    # no result, data or model exists here: what is drawn can come only from the rows
+    colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    images = colours[:, :, None, None].expand(3, 3, 4, 4).clone()
+    mask = torch.ones(3, 4, 4, dtype=torch.bool)
+    mask[2] = False  # a missing record: a grey cell
+    rows = [
+        ExemplarRow("conv", 7, "top", "first", [], Crops(images, mask)),
+        ExemplarRow("conv", 7, "top", "second", [], Crops(images.flip(0)[:2], mask[:2])),
+    ]
+    fig, axes = plot_exemplars(rows, denormalize=lambda image: image, cell_inches=0.8, use_pyplot=False)
+    assert axes.shape == (2, 2, 3) and all(ax is None for ax in axes[:, 0].flat)
+    pixels = _canvas(fig)
+    expected = [["#ff0000", "#0000ff", None], ["#00ff00", "#0000ff", None]]
+    height = pixels.shape[0]
+    for r in range(2):
+        for slot in range(3):
+            colour = expected[r][slot]
+            if colour is None:  # no record in this slot (r=0: its mask is empty; r=1: the row is short): grey
+                box = axes[r, 1, slot].get_window_extent()
+                inside = pixels[int(height - box.y1) + 2 : int(height - box.y0) - 2, int(box.x0) + 2 : int(box.x1) - 2]
+                assert inside.size and (np.abs(inside - _rgb("0.9")) <= 1).all(), (r, slot)
+            else:
+                drawn = _cell_pixels(pixels, axes[r, 1, slot], (4, 4))
+                assert (np.abs(drawn - _rgb(colour)) <= 1).all(), (r, slot)
+    assert _texts(fig)[-1] == "conv #7"  # rows without a figure_title: their layer and channel
+    fig, _ = plot_exemplars(rows, title="hand-made", use_pyplot=False)
+    assert _texts(fig)[-1] == "hand-made"
+
+
+def test_plot_exemplars_without_projections_are_patches_only(data: Labelled, result: MiningResult) -> None:
+    rows = exemplar_rows(result, data, "features.9", 1, kinds="top")
+    fig, axes = plot_exemplars(rows, use_pyplot=False)
     assert axes.shape == (1, 2, 9) and all(ax is None for ax in axes[0, 0])
     assert len(fig.axes) == 1 + 9  # the row's title line and its nine patches
+    assert PAIRED_LINE not in _texts(fig)[-1]
+
+
+@pytest.mark.parametrize("figure", [plot_exemplars, plot_class_units])
+def test_figures_take_rows_not_a_model(figure: Any) -> None:
+    # the figures draw what they are given (docs/architecture.md): no model, result or data to run
+    assert not {"model", "result", "data"} & set(inspect.signature(figure).parameters)
 
 
 # ---- units that matter for a class ------------------------------------------------------
@@ -245,8 +312,39 @@ def test_class_unit_rows_follow_the_relevance_ranking(
     cls = next(c for c in range(10) if relevance.class_units(layer, c, n)[0].tolist() != list(range(n)))
     channels, means = relevance.class_units(layer, cls, n)
     assert means.tolist() == sorted(means.tolist(), reverse=True)
-    fig, axes = plot_class_units(relevance, data, layer, cls, model=model, n=n, denormalize=denormalize,
-                                 cell_inches=0.9, use_pyplot=False)  # fmt: skip
+    rows = class_unit_rows(relevance, data, layer, cls, model=model, n=n)
+    ranked = list(zip(channels.tolist(), means.tolist(), strict=True))
+    assert [(r.channel, r.relevance, r.kind, r.cls) for r in rows] == [(c, m, "top", None) for c, m in ranked]
+    assert [r.title for r in rows] == [f"#{c}: mean relevance {m:.3g}" for c, m in ranked]
+    name = relevance.class_names[cls]  # type: ignore[index]
+    assert {r.figure_title for r in rows} == {f"{layer}: the {n} channels of largest mean relevance for class {name}"}
+    for row in rows:
+        assert row.records == relevance.records(layer, row.channel)
+        assert torch.equal(row.patches.images, relevance.patches(data, layer, row.channel).images)
+        assert row.projections is not None
+        assert torch.equal(row.projections.images, relevance.projections(model, data, layer, row.channel).images)
+
+
+def test_class_unit_rows_within_class_are_each_channels_top_k_in_the_class(
+    data: Labelled, result: MiningResult, model: nn.Module
+) -> None:
+    by_class = mine_topk(model, ["features.9"], data, k=9, progress=False, labels=True, by_class=True,
+                         rank_by="relevance", target="label")  # fmt: skip
+    rows = class_unit_rows(by_class, data, "features.9", 4, n=3, within_class=True)
+    assert len(rows) == 3 and all(r.cls == 4 and r.projections is None for r in rows)
+    for row in rows:
+        assert row.records == by_class.records("features.9", row.channel, cls=4)
+        assert all(data.labels[record.index] == 4 for record in row.records)
+    assert rows[0].figure_title.endswith(f", each its top 9 in class {by_class.class_names[4]}")  # type: ignore[index]
+
+
+def test_plot_class_units_draws_the_rows_in_order(model: nn.Module, data: Labelled, relevance: MiningResult) -> None:
+    layer, n = "features.9", 5
+    cls = next(c for c in range(10) if relevance.class_units(layer, c, n)[0].tolist() != list(range(n)))
+    channels, means = relevance.class_units(layer, cls, n)
+    rows = class_unit_rows(relevance, data, layer, cls, model=model, n=n)
+    # 1.5 inches: 4 canvas pixels per pixel of the 35-pixel field, so each one is read at its centre
+    fig, axes = plot_class_units(rows, denormalize=denormalize, cell_inches=1.5, use_pyplot=False)
     assert axes.shape == (n, 2, 9)
     pixels = _canvas(fig)
     size = tuple(relevance.fields[layer].size)
@@ -254,11 +352,16 @@ def test_class_unit_rows_follow_the_relevance_ranking(
     assert titles == [f"#{c}: mean relevance {m:.3g}" for c, m in zip(channels.tolist(), means.tolist(), strict=True)]
     for row, channel in enumerate(channels.tolist()):
         patches = relevance.patches(data, layer, channel)
+        projections = relevance.projections(model, data, layer, channel)
         for slot in (0, 4, 8):
             drawn = _cell_pixels(pixels, axes[row, 1, slot], size)
             assert np.abs(drawn - _expected_patch(patches.images[slot], patches.mask[slot])).max() <= 1, (row, slot)
+            if projections.images[slot].any():
+                shown = np.clip((normalize_projection(projections.images[slot], 2) * 255).astype(int), 0, 255)
+                assert np.abs(_cell_pixels(pixels, axes[row, 0, slot], size) - shown).max() <= 1, (row, slot)
     heights = [axes[r, 1, 0].get_position().y0 for r in range(n)]
     assert heights == sorted(heights, reverse=True)  # the most relevant channel on top
+    assert _texts(fig)[-1] == f"{rows[0].figure_title}\n{PAIRED_LINE}"
 
 
 # ---- misuse -----------------------------------------------------------------------------
@@ -274,23 +377,31 @@ MISUSE = [
     ("selectivity layer", "selectivity", "result", {"layers": ["features.7"]}, ValueError, "was not mined"),
     ("selectivity threshold", "selectivity", "result", {"threshold": "high"}, TypeError, "threshold"),
     ("selectivity names", "selectivity", "result", {"names": ["conv2"]}, ValueError, "names must be one name"),
-    ("exemplars bottom", "exemplars", "relevance", {"kinds": ("bottom",)}, ValueError, "bottom_k=9"),
-    ("exemplars kind", "exemplars", "result", {"kinds": ("middle",)}, ValueError, "kinds\\[0\\]"),
-    ("exemplars q range", "exemplars", "result", {"quantiles": (1.5,)}, ValueError, "quantiles\\[0\\]"),
-    ("exemplars q scalar", "exemplars", "result", {"quantiles": 0.5}, TypeError, "quantiles must be a sequence"),
-    ("exemplars q unmined", "exemplars", "relevance", {"quantiles": (0.5,)}, ValueError, "quantiles=True"),
-    ("exemplars class unmined", "exemplars", "relevance", {"classes": (1,)}, ValueError, "by_class=True"),
-    ("exemplars class range", "exemplars", "result", {"classes": (10,)}, ValueError, "classes\\[0\\]"),
-    ("exemplars channels", "exemplars", "result", {"channel": [1, 2]}, TypeError, "channel must be one"),
-    ("exemplars channel range", "exemplars", "result", {"channel": 16}, ValueError, "channel"),
-    ("exemplars nothing", "exemplars", "result", {"kinds": ()}, ValueError, "nothing to draw"),
-    ("exemplars method", "exemplars", "result", {"method": "glow"}, ValueError, "method must be"),
-    ("exemplars data", "exemplars", "result", {"data": torch.zeros(200, 3, 32, 32)}, ValueError, "data"),
+    ("rows result", "rows", "none", {}, TypeError, "result must be a MiningResult"),
+    ("rows bottom", "rows", "relevance", {"kinds": ("bottom",)}, ValueError, "bottom_k=9"),
+    ("rows kind", "rows", "result", {"kinds": ("middle",)}, ValueError, "kinds\\[0\\]"),
+    ("rows kinds type", "rows", "result", {"kinds": 3}, TypeError, "kinds must be"),
+    ("rows q range", "rows", "result", {"quantiles": (1.5,)}, ValueError, "quantiles\\[0\\]"),
+    ("rows q scalar", "rows", "result", {"quantiles": 0.5}, TypeError, "quantiles must be a sequence"),
+    ("rows q unmined", "rows", "relevance", {"quantiles": (0.5,)}, ValueError, "quantiles=True"),
+    ("rows class unmined", "rows", "relevance", {"classes": (1,)}, ValueError, "by_class=True"),
+    ("rows class range", "rows", "result", {"classes": (10,)}, ValueError, "classes\\[0\\]"),
+    ("rows channels", "rows", "result", {"channel": [1, 2]}, TypeError, "channel must be one"),
+    ("rows channel range", "rows", "result", {"channel": 16}, ValueError, "channel"),
+    ("rows channel negative", "rows", "result", {"channel": -1}, ValueError, "channel"),
+    ("rows channel float", "rows", "result", {"channel": 1.5}, TypeError, "channel"),
+    ("rows nothing", "rows", "result", {"kinds": ()}, ValueError, "nothing to show"),
+    ("rows data", "rows", "result", {"data": torch.zeros(200, 3, 32, 32)}, ValueError, "data"),
+    ("rows model", "rows", "result", {"model": nn.Conv2d(3, 3, 1)}, ValueError, "model"),
+    ("units result", "units", "none", {}, TypeError, "result must be a MiningResult"),
     ("units activation", "units", "result", {}, ValueError, "rank_by='relevance'"),
     ("units unlabelled", "units", "unlabelled", {}, ValueError, "rank_by='relevance'"),
     ("units class", "units", "relevance", {"cls": 10}, ValueError, "cls"),
+    ("units class type", "units", "relevance", {"cls": "cat"}, TypeError, "cls"),
     ("units n", "units", "relevance", {"n": 0}, ValueError, "n must be"),
     ("units within", "units", "relevance", {"within_class": True}, ValueError, "by_class=True"),
+    ("units within type", "units", "relevance", {"within_class": "yes"}, TypeError, "within_class"),
+    ("units data", "units", "relevance", {"data": torch.zeros(200, 3, 32, 32)}, ValueError, "data"),
 ]
 
 
@@ -304,11 +415,69 @@ def test_misuse_is_refused_in_one_line(
     calls = {
         "histogram": lambda **kw: plot_class_histogram(chosen, layer, **kw, use_pyplot=False),
         "selectivity": lambda **kw: plot_selectivity(chosen, **kw, use_pyplot=False),
-        "exemplars": lambda **kw: plot_exemplars(
-            chosen, kw.pop("data", data), layer, kw.pop("channel", 1), **kw, use_pyplot=False
-        ),
-        "units": lambda **kw: plot_class_units(chosen, data, layer, kw.pop("cls", 1), **kw, use_pyplot=False),
+        "rows": lambda **kw: exemplar_rows(chosen, kw.pop("data", data), layer, kw.pop("channel", 1), **kw),
+        "units": lambda **kw: class_unit_rows(chosen, kw.pop("data", data), layer, kw.pop("cls", 1), **kw),
     }
     with pytest.raises(error, match=match) as caught:
         calls[figure](**change)
     assert "\n" not in str(caught.value).strip(), str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def good_rows(model: nn.Module, data: Labelled, result: MiningResult) -> list[ExemplarRow]:
+    """Two rows with projections, as computed: each drawing misuse spoils one thing of them."""
+    rows = exemplar_rows(result, data, "features.9", 1, model=model)
+    assert len(rows) == 2 and rows[1].projections is not None
+    plot_exemplars(rows, use_pyplot=False)  # drawn as computed: only the spoiled thing is refused
+    plot_class_units(rows, use_pyplot=False)
+    return rows
+
+
+def _other_rows(rows: list[ExemplarRow], **change: Any) -> list[ExemplarRow]:
+    return [rows[0], dataclasses.replace(rows[1], **change)]
+
+
+#: Bad arguments of the two drawing functions: (what, the call's rows and keywords from the good rows, error, match).
+DRAW_MISUSE: list[tuple[str, Callable[[list[ExemplarRow], MiningResult], tuple[Any, dict[str, Any]]], type, str]] = [
+    ("a result", lambda rows, result: (result, {}), TypeError, "compute them with"),
+    ("a dict", lambda rows, result: ({"rows": rows}, {}), TypeError, "rows must be a list of ExemplarRows"),
+    ("empty", lambda rows, result: ([], {}), ValueError, "rows is empty"),
+    ("not a row", lambda rows, result: ([rows[0], "top"], {}), TypeError, "rows\\[1\\] must be an ExemplarRow"),
+    ("patches", lambda rows, result: (_other_rows(rows, patches=rows[1].patches.images), {}), TypeError,
+     "rows\\[1\\].patches must be Crops"),
+    ("patch shape", lambda rows, result: (_other_rows(rows, patches=Crops(rows[1].patches.images[0],
+                                                                          rows[1].patches.mask)), {}),
+     ValueError, "rows\\[1\\].patches must hold"),
+    ("projection shape", lambda rows, result: (_other_rows(rows, projections=Crops(
+        rows[1].projections.images[:3], rows[1].projections.mask[:3])), {}), ValueError,  # type: ignore[union-attr]
+     "rows\\[1\\].projections must match"),
+    ("mixed projections", lambda rows, result: (_other_rows(rows, projections=None), {}), ValueError,
+     "rows\\[1\\] has no projections"),
+    ("title type", lambda rows, result: (rows, {"title": 3}), TypeError, "title must be a str"),
+    ("row title type", lambda rows, result: (_other_rows(rows, title=None), {}), TypeError, "rows\\[1\\].title"),
+    ("method", lambda rows, result: (rows, {"method": "glow"}), ValueError, "method must be"),
+    ("outlier_perc", lambda rows, result: (rows, {"outlier_perc": 100}), ValueError, "outlier_perc"),
+    ("cell_inches", lambda rows, result: (rows, {"cell_inches": 0}), ValueError, "cell_inches"),
+    ("denormalize", lambda rows, result: (rows, {"denormalize": "imagenet"}), TypeError, "denormalize"),
+    ("use_pyplot", lambda rows, result: (rows, {"use_pyplot": "no"}), TypeError, "use_pyplot"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("figure", [plot_exemplars, plot_class_units])
+@pytest.mark.parametrize(("what", "call", "error", "match"), DRAW_MISUSE, ids=[m[0] for m in DRAW_MISUSE])
+def test_drawing_misuse_is_refused_in_one_line_before_drawing(
+    good_rows: list[ExemplarRow], result: MiningResult, monkeypatch: pytest.MonkeyPatch, figure: Any, what: str,
+    call: Any, error: type, match: str,
+) -> None:  # fmt: skip
+    rows_arg, keywords = call(good_rows, result)
+
+    def no_figure(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a figure was made before the bad argument was refused")
+
+    monkeypatch.setattr(exemplar_figures, "new_figure", no_figure)
+    with pytest.raises(error, match=match) as caught:
+        figure(rows_arg, **keywords)
+    assert "\n" not in str(caught.value).strip(), str(caught.value)
+    maker = "exemplar_rows" if figure is plot_exemplars else "class_unit_rows"
+    if what in ("a result", "empty"):
+        assert maker in str(caught.value)  # the message says where rows come from
