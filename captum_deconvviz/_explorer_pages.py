@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from . import _explorer_data as data_json
@@ -70,14 +71,19 @@ def _group(
     guided: bool,
     files: dict[str, list[str]],
     agreement: dict[str, list[float]],
+    kept: dict[int, tuple[Tensor, Tensor]],
 ) -> np.ndarray:
     """Save the sheets of one group of channels; returns the top-1 projection cells for thumbnails.
 
-    Patches are not saved: the page cuts them out of the whole images, which it has anyway.
+    Patches are not saved: the page cuts them out of the whole images, which it has anyway. The
+    projections of the channels that are keys of ``kept`` are put there (for the hierarchy figure).
     """
     k = result.k if kind == "top" else result.bottom_k
     extra = _kind_kwargs(kind)
     zf = result.projections(model, data, layer, channels, **extra)
+    for row, channel in enumerate(channels):
+        if channel in kept:
+            kept[channel] = (zf.images[row], zf.mask[row])
     shown_zf = _cells(zf, counts, k, lambda images, _mask: normalize_projections(images))
     cells = {"zf": shown_zf}
     if guided:
@@ -110,6 +116,7 @@ def _records_json(
     denormalize: Callable[[Tensor], Tensor] | None,
     guided: bool,
     slots: data_json.ImageSlots,
+    kept: dict[int, tuple[Tensor, Tensor]],
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]]]:
     channels = result.channels(layer)
     k = result.k if kind == "top" else result.bottom_k
@@ -124,7 +131,7 @@ def _records_json(
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
         tops.append(_group(folder, stem, kind, group, chosen, counts, result, model, data, layer, denormalize,
-                           guided, files, agreement))  # fmt: skip
+                           guided, files, agreement, kept))  # fmt: skip
     payload = {
         "cell": list(size),
         "per_sheet": per_sheet,
@@ -145,8 +152,13 @@ def layer_page(
     denormalize: Callable[[Tensor], Tensor] | None,
     guided: bool,
     slots: data_json.ImageSlots,
-) -> dict[str, Any]:
+    keep: Sequence[int] = (),
+) -> tuple[dict[str, Any], Crops | None]:
     """Save a layer's sheets (top-k, bottom-k where mined, thumbnails) and return its JSON.
+
+    Each kind of crop of each group of channels is computed once, when its sheet is made: run it
+    with the result's cache off (``cache_limit = 0``), or a wide layer's requests evict each
+    other's crops and compute them again.
 
     Args:
         folder: the explorer folder.
@@ -157,9 +169,11 @@ def layer_page(
         guided: also save the Guided Backprop projections of each record, and each channel's
             mean agreement (Spearman, SSIM) between them and the DeconvNet's.
         slots: the image slots the records' images get.
+        keep: channels whose DeconvNet projections to return (the hierarchy figure's).
 
     Returns:
-        The layer's entry of the explorer's JSON.
+        The layer's entry of the explorer's JSON, and the projections of ``keep`` (None for a
+        layer without a receptive field).
     """
     field = result.fields.get(layer)
     entry: dict[str, Any] = {
@@ -175,15 +189,19 @@ def layer_page(
         "thumbs": None,
     }
     if field is None:  # no crops without a field: the table still has the statistics
-        return entry
+        return entry, None
+    kept: dict[int, tuple[Tensor, Tensor]] = dict.fromkeys(keep, (torch.empty(0), torch.empty(0)))
     entry["top"], top1, agreement = _records_json(folder, stem, "top", result, model, data, layer, denormalize,
-                                                  guided, slots)  # fmt: skip
+                                                  guided, slots, kept)  # fmt: skip
     entry["agreement"] = data_json.agreement_columns(agreement, result.channels(layer)) if guided else None
     if result.bottom_k > 0:
         entry["bottom"], _, _ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
-                                              False, slots)  # fmt: skip
+                                              False, slots, {})  # fmt: skip
     entry["thumbs"] = save_grid(thumbnails(top1), folder, f"{stem}_thumbs", cols=32).to_json()
-    return entry
+    shown = None
+    if keep:
+        shown = Crops(torch.stack([kept[c][0] for c in keep]), torch.stack([kept[c][1] for c in keep]))
+    return entry, shown
 
 
 def image_sheets(

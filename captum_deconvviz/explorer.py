@@ -36,7 +36,7 @@ from . import _report_sections as sections
 from ._explorer_pages import image_sheets, layer_page
 from .compare import ComparisonResult
 from .diagnose import Diagnosis
-from .mining_result import Crops, MiningResult
+from .mining_result import MiningResult
 from .viz import hierarchy_channels
 
 __all__ = ["ASSETS", "write_explorer"]
@@ -112,11 +112,16 @@ def write_explorer(
     shown = hierarchy_channels(result)
     slots = data_json.ImageSlots()
     layers, hierarchy = [], {}
-    for layer in tqdm(result.layers, disable=not progress, desc="explorer", unit="layer"):
-        layers.append(layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots))
-        if result.fields.get(layer) is not None:
-            crops = result.projections(model, data, layer, shown[layer])  # cached by the layer's page
-            hierarchy[layer] = Crops(crops.images, crops.mask)
+    limit, result.cache_limit = result.cache_limit, 0  # each crop is computed once, group by group
+    try:
+        for layer in tqdm(result.layers, disable=not progress, desc="explorer", unit="layer"):
+            entry, kept = layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots,
+                                     shown[layer])  # fmt: skip
+            layers.append(entry)
+            if kept is not None:
+                hierarchy[layer] = kept
+    finally:
+        result.cache_limit = limit
     views = [
         ("about", "About", sections.header(title, result, model_name or type(model).__name__, data_name, command)),
         ("filters", "First-layer filters", sections.filters_section(folder, model, first_layer)),
