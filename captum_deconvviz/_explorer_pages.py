@@ -8,6 +8,7 @@ images the records come from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ from ._explorer_images import (
 from ._figures import display_image
 from .mining_result import Crops, MiningResult
 
-__all__ = ["image_sheets", "layer_page"]
+__all__ = ["CHUNK_BYTES", "image_sheets", "layer_page"]
 
 _MISSING = 0.9  # light grey: a slot without a record (fewer images than k)
+#: Bytes of crops of one kind computed in one call (per layer, kind and chunk of channels).
+CHUNK_BYTES = 256 * 2**20
 
 
 def _kind_kwargs(kind: str) -> dict[str, Any]:
@@ -56,6 +59,40 @@ def _cells(crops: Crops, counts: Sequence[int], k: int, make: Callable[[Tensor, 
     return cells
 
 
+class _Chunks:
+    """A layer's crops of one kind, computed a chunk of channels at a time and handed out by sheet group.
+
+    One call per chunk lets records of the same image share one forward pass across many channels
+    (the whole layer, when it fits in :data:`CHUNK_BYTES`); each chunk is computed once per kind.
+    """
+
+    def __init__(self, result: MiningResult, model: nn.Module, data: Any, layer: str, kind: str, per_sheet: int):
+        self.result, self.model, self.data, self.layer, self.kind = result, model, data, layer, kind
+        k = result.k if kind == "top" else result.bottom_k
+        field = result.fields[layer]
+        assert field is not None
+        # As the result's cache reckons a computation: crops and masks, or a full-size projection per record.
+        per_channel = max(k * (result.input_shape[0] * 4 + 1) * field.size[0] * field.size[1],
+                          k * 4 * math.prod(result.input_shape))  # fmt: skip
+        self.size = per_sheet * max(1, CHUNK_BYTES // max(1, per_sheet * per_channel))
+        self.held: dict[str, tuple[int, Crops]] = {}
+
+    def __call__(self, name: str, channels: list[int]) -> Crops:
+        start = channels[0] - channels[0] % self.size
+        if name not in self.held or self.held[name][0] != start:
+            chunk = list(range(start, min(self.result.channels(self.layer), start + self.size)))
+            extra = _kind_kwargs(self.kind)
+            if name == "patch":
+                crops = self.result.patches(self.data, self.layer, chunk, **extra)
+            else:
+                rules = "guided" if name == "gbp" else "zf"
+                crops = self.result.projections(self.model, self.data, self.layer, chunk, rules=rules, **extra)
+            self.held[name] = (start, crops)
+        first, crops = self.held[name]
+        rows = slice(channels[0] - first, channels[0] - first + len(channels))
+        return Crops(crops.images[rows], crops.mask[rows])
+
+
 def _group(
     folder: Path,
     stem: str,
@@ -63,10 +100,8 @@ def _group(
     group: int,
     channels: list[int],
     counts: list[int],
-    result: MiningResult,
-    model: nn.Module,
-    data: Any,
-    layer: str,
+    k: int,
+    fetch: Callable[[str, list[int]], Crops],
     denormalize: Callable[[Tensor], Tensor] | None,
     guided: bool,
     files: dict[str, list[str]],
@@ -78,22 +113,20 @@ def _group(
     Patches are not saved: the page cuts them out of the whole images, which it has anyway. The
     projections of the channels that are keys of ``kept`` are put there (for the hierarchy figure).
     """
-    k = result.k if kind == "top" else result.bottom_k
-    extra = _kind_kwargs(kind)
-    zf = result.projections(model, data, layer, channels, **extra)
+    zf = fetch("zf", channels)
     for row, channel in enumerate(channels):
         if channel in kept:
             kept[channel] = (zf.images[row], zf.mask[row])
     shown_zf = _cells(zf, counts, k, lambda images, _mask: normalize_projections(images))
     cells = {"zf": shown_zf}
     if guided:
-        gbp = result.projections(model, data, layer, channels, rules="guided", **extra)
+        gbp = fetch("gbp", channels)
         cells["gbp"] = _cells(gbp, counts, k, lambda images, _mask: normalize_projections(images))
         metrics = crop_agreement(zf.images, gbp.images, zf.mask)
         for metric in ("spearman", "ssim"):
             agreement.setdefault(metric, []).extend(channel_means(metrics[metric]).tolist())
     if kind == "top":  # the clicked-patch view's overlays, drawn by Captum over the patches
-        patches = result.patches(data, layer, channels, **extra)
+        patches = fetch("patch", channels)
         shown = _cells(patches, counts, k, lambda images, mask: display_crops(images, mask, denormalize))
         normalized = normalize_attributions(zf.images.flatten(0, 1)).reshape(len(channels), k, *zf.images.shape[-2:])
         for row, count in enumerate(counts):
@@ -127,11 +160,12 @@ def _records_json(
     files: dict[str, list[str]] = {}
     agreement: dict[str, list[float]] = {}
     tops = []
+    fetch = _Chunks(result, model, data, layer, kind, per_sheet)
     for group, start in enumerate(range(0, channels, per_sheet)):
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
-        tops.append(_group(folder, stem, kind, group, chosen, counts, result, model, data, layer, denormalize,
-                           guided, files, agreement, kept))  # fmt: skip
+        tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement,
+                           kept))  # fmt: skip
     payload = {
         "cell": list(size),
         "per_sheet": per_sheet,
