@@ -105,6 +105,7 @@ def test_the_demo_explorer_walkthrough(browser: Any, demo: Path, images: Path, t
 
     # Sort by selectivity: the first click sorts it descending.
     page.click("th button[data-key=selectivity]")
+    page.wait_for_selector("#channels[data-complete]", state="attached")  # rows are drawn in batches
     data = page.evaluate("JSON.parse(document.getElementById('explorer-data').textContent)")
     layer = next(entry for entry in data["layers"] if entry["name"] == "features.7")
     shown = _table_channels(tab)

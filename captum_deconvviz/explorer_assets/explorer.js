@@ -20,6 +20,7 @@
   DATA.layers.forEach(function (layer, i) { layer.position = i; byName[layer.name] = layer; });
   var table = { layer: null, key: "channel", dir: 1, show: "all", cls: -1, order: [], cursor: -1 };
   var page = { layer: null, channel: -1, kind: "top", record: -1, overlay: "blended" };
+  var ROW_BATCH = 200;  // table rows drawn at once
   var OVERLAYS = [["none", "none"], ["heat_map", "heat map"], ["blended", "blended"], ["masked", "masked"]];
 
   // ---- small helpers ----------------------------------------------------------------
@@ -268,7 +269,7 @@
     add(t, add(el("thead"), head));
     var body = el("tbody");
     var thumbs = layer.thumbs, scale = thumbs ? cellScale(thumbs.cell, 28) : 1;
-    table.order.forEach(function (c, i) {
+    function makeRow(c, i) {
       var row = el("tr", layer.stats.dead[c] ? "dead" : "");
       row.setAttribute("data-channel", String(c));
       row.setAttribute("data-row", String(i));
@@ -285,8 +286,19 @@
         }
         add(row, td);
       });
-      add(body, row);
-    });
+      return row;
+    }
+    // The first rows now, the rest in batches after the first paint: a 2,000-channel layer stays
+    // responsive. data-complete marks the table once every row is there.
+    var token = table.render = {};
+    function addRows(from) {
+      if (table.render !== token) { return; }  // another table was drawn since
+      var rows = document.createDocumentFragment(), end = Math.min(table.order.length, from + ROW_BATCH);
+      for (var i = from; i < end; i++) { rows.appendChild(makeRow(table.order[i], i)); }
+      body.appendChild(rows);
+      if (end < table.order.length) { setTimeout(function () { addRows(end); }, 0); } else { t.setAttribute("data-complete", ""); }
+    }
+    addRows(0);
     body.addEventListener("click", function (event) {
       var row = event.target.closest("tr");
       if (row && event.target.tagName !== "A") { location.hash = channelHash(layer, row.getAttribute("data-channel")); }
@@ -297,7 +309,7 @@
   }
 
   function moveCursor(step) {
-    var rows = content.querySelectorAll("#channels tbody tr");
+    var rows = content.querySelectorAll("#channels tbody tr");  // the rows drawn so far
     if (!rows.length) { return; }
     var old = content.querySelector("tr.cursor");
     if (old) { old.classList.remove("cursor"); }
