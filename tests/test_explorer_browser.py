@@ -158,9 +158,9 @@ def test_the_demo_explorer_walkthrough(browser: Any, demo: Path, images: Path, t
     page.click("#channels a[href='#features.1/3']")
     assert page.text_content("h1") == "features.1 / channel 3"
     page.goto(url + "#:hierarchy")
-    assert page.is_visible("#view-hierarchy img")
-    page.wait_for_load_state("load")
-    assert page.eval_on_selector("#view-hierarchy img", "img => img.naturalWidth") > 0
+    assert page.is_visible("#view-hierarchy h2") and not page.is_visible("#content")
+    # The view's figure loads once the view is shown.
+    page.wait_for_function("document.querySelector('#view-hierarchy img').naturalWidth > 0", timeout=10_000)
     page.goto(url + "#no-such-layer/3")
     assert page.text_content("h1") == "Nothing here"
     assert tab.problems == []
