@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -713,7 +714,13 @@ class MiningResult(ExemplarAccess):
         link = ""
         explorer = self.meta.get("explorer")
         if isinstance(explorer, str) and Path(explorer).is_file():
-            uri = html.escape(Path(explorer).resolve().as_uri(), quote=True)
+            # Relative where it can be: Jupyter serves files under its root, and a page served over
+            # http may not follow a file:// link.
+            try:
+                href = Path(os.path.relpath(explorer)).as_posix()
+            except ValueError:  # another drive
+                href = Path(explorer).resolve().as_uri()
+            uri = html.escape(urllib.parse.quote(href, safe="/:"), quote=True)
             link = f' <a href="{uri}" target="_blank" rel="noopener">open the explorer</a>'
         return f"<div><b>{title}</b>{link}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
