@@ -14,7 +14,8 @@ Per channel, from each image's *score* (its best value: the activation, or with
 
 And from each image's maximum *activation*, where images carry labels:
 
-- ``class_top``: the ``class_top_n`` strongest images with their labels (the class histogram);
+- ``class_top``: the ``class_top_n`` strongest images with their labels (the class histogram),
+  kept as a set (their order is never read);
 - ``class_sum``/``class_count``: the exact per-class sums of the per-image maximum (the class
   means and the selectivity index);
 - ``relevance_sum``: with ``rank_by="relevance"``, the exact per-class sums of the channel's
@@ -107,7 +108,10 @@ class ExemplarState:
         state = cls(options, channels, plane)
         c = channels
         if options.labels:
-            state.rankings["class_top"] = Ranking.empty((c,), options.class_top_n, True, device, state.key_bound(True))
+            # Only the labels of these images are read (the histogram): the set, in any order.
+            top = Ranking.empty((c,), options.class_top_n, True, device, state.key_bound(True))
+            top.ordered = False
+            state.rankings["class_top"] = top
         if options.bottom_k > 0:
             state.rankings["bottom"] = Ranking.empty((c,), options.bottom_k, False, device, state.key_bound())
         if options.quantiles:
@@ -306,6 +310,7 @@ class ExemplarState:
         state = cls(options, entry["channels"], entry["plane"], entry["classes"], tables, rankings)
         for name, ranking in rankings.items():
             ranking.key_bound = state.key_bound(images_only=name == "class_top")
+            ranking.ordered = name != "class_top"
         return state.to(device)
 
 

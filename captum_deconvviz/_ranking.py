@@ -51,23 +51,24 @@ def rank_rows(values: Tensor, key: Tensor, descending: bool = True) -> tuple[Ten
 
 
 def best_rows(
-    values: Tensor, key: Tensor, n: int, descending: bool = True, key_bound: int = 0
+    values: Tensor, key: Tensor, n: int, descending: bool = True, key_bound: int = 0, ordered: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best ``n`` of each row as :func:`rank_rows` ranks them: ``(values, keys, their columns)``.
 
     Where every key fits in 32 bits, value and key are packed into one int64 whose order is
     the ranking's (the float's bits made order-preserving, above the key or its complement),
     and one ``topk`` replaces two stable sorts and their gathers. ``key_bound``: all keys are
-    below it (0: unknown, then the keys are looked at, a device sync).
+    below it (0: unknown, then the keys are looked at, a device sync). ``ordered=False``: the
+    best ``n`` in any order (cheaper, where only the set matters).
     """
     bound = key_bound if key_bound > 0 else (int(key.max()) + 1 if key.numel() else 0)
     if key.numel() == 0 or bound > 2**32:
         values, key, order = rank_rows(values, key, descending)
         return values[..., :n], key[..., :n], order[..., :n]
     bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0: -0.0 ties with 0.0, as compared
-    ordered = torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF) - 1)  # the floats' order, as integers
+    ranked = torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF) - 1)  # the floats' order, as integers
     low = torch.where(key >= 0, _LOW - key, 0) if descending else torch.where(key >= 0, key, _LOW)
-    order = torch.topk((ordered << 32) | low, n, dim=-1, largest=descending, sorted=True).indices
+    order = torch.topk((ranked << 32) | low, n, dim=-1, largest=descending, sorted=ordered).indices
     return values.gather(-1, order), key.gather(-1, order), order
 
 
@@ -81,6 +82,8 @@ class Ranking:
         label: ``[..., n]`` int64: the image's class, -1 if unknown or empty.
         descending: the best record is the largest value (True) or the smallest.
         key_bound: every key is below it (0: unknown); see :func:`best_rows`.
+        ordered: rows are kept best first; False: the best ``n`` in any order (where only
+            the set matters, as for the class histogram; cheaper to keep).
     """
 
     values: Tensor
@@ -88,6 +91,7 @@ class Ranking:
     label: Tensor
     descending: bool = True
     key_bound: int = 0
+    ordered: bool = True
 
     @classmethod
     def empty(
@@ -109,7 +113,10 @@ class Ranking:
     def offer(self, values: Tensor, key: Tensor, label: Tensor) -> None:
         """Keep the best ``n`` of the rows and the candidates ``[..., M]`` (empty value: no candidate)."""
         values = values.float()
-        worst = self.values[..., -1:]
+        if self.ordered:
+            worst = self.values[..., -1:]
+        else:  # the set's worst value (ties with it may still enter: they are ranked below)
+            worst = (self.values.amin if self.descending else self.values.amax)(dim=-1, keepdim=True)
         better = (values >= worst if self.descending else values <= worst) & (values != self.empty_value)
         most = int(better.sum(dim=-1).max()) if better.numel() else 0
         if most == 0:  # most batches of a long stream bring nothing
@@ -128,6 +135,7 @@ class Ranking:
             n,
             self.descending,
             self.key_bound,
+            self.ordered,
         )
         labels = torch.cat([self.label, label], dim=-1).gather(-1, order)
         self.values, self.key = best_values.contiguous(), best_keys.contiguous()
@@ -147,7 +155,12 @@ class Ranking:
 
     def to(self, device: torch.device | str) -> Ranking:
         return Ranking(
-            self.values.to(device), self.key.to(device), self.label.to(device), self.descending, self.key_bound
+            self.values.to(device),
+            self.key.to(device),
+            self.label.to(device),
+            self.descending,
+            self.key_bound,
+            self.ordered,
         )
 
 
