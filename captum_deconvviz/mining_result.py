@@ -701,6 +701,37 @@ class MiningResult(ExemplarAccess):
             lines.append(line + (f", mean selectivity {row[5]}" if len(row) > 5 else ""))
         return "\n".join(lines)
 
+    def open_explorer(self) -> Path:
+        """Open the explorer written for this result in the web browser, and return its page.
+
+        The explorer is written by :func:`~captum_deconvviz.write_explorer` (or ``deconvviz
+        report``), which records its page in ``meta["explorer"]``; in a notebook the result's
+        display links it too.
+
+        Returns:
+            The path of its ``index.html``.
+
+        Raises:
+            ValueError: no explorer was written for this result, or its page is gone.
+
+        Example:
+            >>> write_explorer("explorer", model, data, result)  # doctest: +SKIP
+            >>> result.open_explorer()  # doctest: +SKIP
+        """
+        import webbrowser
+
+        explorer = self.meta.get("explorer")
+        if not isinstance(explorer, str):
+            raise ValueError(
+                "no explorer was written for this result: write one with "
+                "captum_deconvviz.write_explorer(out, model, data, result)"
+            )
+        page = Path(explorer)
+        if not page.is_file():
+            raise ValueError(f"the explorer written for this result is gone: {page} no longer exists")
+        webbrowser.open(page.resolve().as_uri())
+        return page
+
     def _repr_html_(self) -> str:
         """A table of the layers, and a link to the explorer where one was written for this result."""
         columns = ["layer", "channels", "dead", "field", "max activation"]

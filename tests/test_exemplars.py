@@ -489,3 +489,21 @@ def test_repr_shows_the_exemplars_and_links_the_explorer(mined: MiningResult, tm
     assert "open the explorer" in page and "&lt;here&gt;" not in page  # the address is percent-encoded
     href = re.search(r'href="([^"]+)"', page)
     assert href is not None and urllib.parse.unquote(href.group(1)) == os.path.relpath(index)
+
+
+def test_open_explorer_opens_the_page_written_or_says_how_to_write_one(
+    mined: MiningResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    with pytest.raises(ValueError, match="write_explorer"):
+        mined.open_explorer()
+    index = tmp_path / "index.html"
+    mined.meta["explorer"] = str(index)
+    try:
+        with pytest.raises(ValueError, match="no longer exists"):
+            mined.open_explorer()
+        index.write_text("<html></html>")
+        assert mined.open_explorer() == index and opened == [index.resolve().as_uri()]
+    finally:
+        del mined.meta["explorer"]
