@@ -413,6 +413,13 @@
     }
     if (layer.bottom) {
       add(left, el("h2", null, "Bottom " + DATA.bottom_k));
+      var lowest = layer.bottom.records[channel];
+      if (lowest.length > 1 && lowest.every(function (r) { return r[3] === lowest[0][3]; })) {
+        // After a ReLU most units sit at 0 on many images: these are ties, not what the unit is against.
+        add(left, el("p", "note", "All " + lowest.length + " values are " + fmt(lowest[0][3], 4) + ": ties, " +
+          "ordered by image index. After a ReLU, mine the layer before it (the convolution's output) to see " +
+          "what the unit responds against."));
+      }
       add(left, recordBlocks(layer, channel, "bottom"));
     }
     var detail = el("div", "detail");
