@@ -507,3 +507,44 @@ def test_open_explorer_opens_the_page_written_or_says_how_to_write_one(
         assert mined.open_explorer() == index and opened == [index.resolve().as_uri()]
     finally:
         del mined.meta["explorer"]
+
+
+def test_relevance_exemplars_are_the_same_across_batch_sizes_shards_and_a_resume(
+    model: nn.Module, sample: TensorDataset, tmp_path: Path
+) -> None:
+    order = torch.tensor([c * 100 + i for i in range(12) for c in range(10)])
+    data = TensorDataset(sample.tensors[0][order], sample.tensors[1][order])
+    options = {"labels": True, "bottom_k": 3, "by_class": True, "rank_by": "relevance", "target": "label"}
+    single = mine_topk(model, LAYERS, data, k=K, batch_size=40, progress=False, **options)
+    others = [mine_topk(model, LAYERS, data, k=K, batch_size=b, progress=False, **options) for b in (8, 120)]
+    for world in (2, 3):
+        shards = [
+            mine_topk(model, LAYERS, data, k=K, batch_size=20, progress=False, shard=(r, world), **options)
+            for r in range(world)
+        ]
+        others.append(MiningResult.merge(shards))
+    checkpoint = tmp_path / "state.pt"
+    calls = {"n": 0}
+
+    def crash(_module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        if inputs[0].shape[0] == 40:  # a mining batch (receptive fields run on other shapes)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise _Interrupt
+
+    handle = model.features[0].register_forward_hook(crash)
+    try:
+        with pytest.raises(_Interrupt):
+            mine_topk(model, LAYERS, data, k=K, batch_size=40, progress=False, checkpoint=checkpoint,
+                      checkpoint_every=0, **options)  # fmt: skip
+    finally:
+        handle.remove()
+    others.append(mine_topk(model, LAYERS, data, k=K, batch_size=40, progress=False, checkpoint=checkpoint, **options))
+    for other in others:
+        for layer in LAYERS:
+            for c in range(single.channels(layer)):
+                for kind, cls in (("top", None), ("bottom", None), ("top", 4)):
+                    assert other.records(layer, c, kind=kind, cls=cls) == single.records(layer, c, kind=kind, cls=cls)
+            for cls in (0, 9):
+                a, b = single.class_units(layer, cls, n=5), other.class_units(layer, cls, n=5)
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
