@@ -352,10 +352,10 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
         ("compare", "compare_methods"): "the comparison",
     }
     if stage in ("args", "model"):
-        work["cli", "ImageFiles"] = "the data scan"
+        work["_cli_commands", "ImageFiles"] = "the data scan"
         work["zoo", "default_sample"] = "the data scan"
     if stage == "args":
-        work["cli", "load_model"] = "the model load"
+        work["_cli_commands", "load_model"] = "the model load"
     for (module, name), step in work.items():
         # By module object: the package's diagnose() function hides its diagnose module's name.
         monkeypatch.setattr(importlib.import_module(f"captum_deconvviz.{module}"), name, forbidden(step))
