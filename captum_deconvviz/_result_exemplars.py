@@ -7,6 +7,7 @@ records which exemplar statistics it kept (see :func:`~captum_deconvviz.mine_top
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -35,6 +36,7 @@ class ExemplarAccess:
 
     k: int
     meta: dict[str, Any]
+    _class_stats: dict[str, ClassStats]
 
     if TYPE_CHECKING:
 
@@ -158,7 +160,13 @@ class ExemplarAccess:
             raise ValueError(
                 f"layer {name!r} was mined without labels: pass labels=True (or a LongTensor) to mine_topk"
             )
-        return class_stats(state.exemplars, self.class_names)
+        if name not in self._class_stats:  # exact means are Python integer arithmetic: once per layer
+            self._class_stats[name] = class_stats(state.exemplars, self.class_names)
+        cached = self._class_stats[name]
+        return dataclasses.replace(
+            cached, **{f.name: getattr(cached, f.name).clone() for f in dataclasses.fields(cached)
+                       if isinstance(getattr(cached, f.name), Tensor)}
+        )  # fmt: skip  # the caller's own tensors
 
     def class_units(self, layer: str, cls: int, n: int = 9) -> tuple[Tensor, Tensor]:
         """The ``n`` channels of ``layer`` with the largest mean relevance for class ``cls``.

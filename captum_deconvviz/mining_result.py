@@ -31,6 +31,7 @@ from ._result_exemplars import ExemplarAccess, Record
 from ._result_io import RESULT_FORMAT, RESULT_KEYS, result_arguments, result_payload
 from ._taps import layer_activations
 from ._topk import TopKState, exact_mean
+from .exemplars import ClassStats
 from .receptive_field import ReceptiveField
 
 # atomic_save lives in _integrity; it stays importable from here, where it used to be.
@@ -119,6 +120,9 @@ class MiningResult(ExemplarAccess):
         self.meta = dict(meta or {})
         self._cache = CropCache(DEFAULT_CACHE_BYTES)
         self._inputs = InputChecks()  # remembers the data and models that passed
+        # Per layer, what the exact sums give (their states never change once the result exists).
+        self._means: dict[str, Tensor] = {}
+        self._class_stats: dict[str, ClassStats] = {}
 
     # ---- access ---------------------------------------------------------------------
 
@@ -145,10 +149,13 @@ class MiningResult(ExemplarAccess):
 
     def stats(self, layer: str) -> ChannelStats:
         """Per-channel max, mean and fraction of images active; ``.dead`` flags dead filters."""
-        _, state = self._state(layer)
-        mean = exact_mean(state.total, state.positions).float()
+        name, state = self._state(layer)
+        if name not in self._means:  # the exact mean is Python integer arithmetic: once per layer
+            self._means[name] = exact_mean(state.total, state.positions).float()
         active = state.active_images.double() / max(state.images, 1)
-        return ChannelStats(state.maximum.clone(), mean, active.float(), state.images, state.nan_count.clone())
+        return ChannelStats(
+            state.maximum.clone(), self._means[name].clone(), active.float(), state.images, state.nan_count.clone()
+        )
 
     # ---- crops and projections ----------------------------------------------------------
 

@@ -548,3 +548,14 @@ def test_relevance_exemplars_are_the_same_across_batch_sizes_shards_and_a_resume
             for cls in (0, 9):
                 a, b = single.class_units(layer, cls, n=5), other.class_units(layer, cls, n=5)
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_statistics_are_computed_once_per_layer_and_handed_out_as_copies(mined: MiningResult) -> None:
+    layer = LAYERS[0]
+    first, second = mined.class_stats(layer), mined.class_stats(layer)
+    assert torch.equal(first.class_means, second.class_means) and first.class_means is not second.class_means
+    first.histogram.zero_()  # the caller's own tensors: the result is untouched
+    assert int(mined.class_stats(layer).histogram.sum()) > 0
+    stats = mined.stats(layer)
+    stats.mean.zero_()
+    assert bool((mined.stats(layer).mean != 0).any())
