@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from . import _explorer_data as data_json
@@ -87,10 +86,28 @@ class _Chunks:
             else:
                 rules = "guided" if name == "gbp" else "zf"
                 crops = self.result.projections(self.model, self.data, self.layer, chunk, rules=rules, **extra)
-            self.held[name] = (start, crops)
+            self.held[name] = (start, self._windows(crops, chunk))
         first, crops = self.held[name]
         rows = slice(channels[0] - first, channels[0] - first + len(channels))
         return Crops(crops.images[rows], crops.mask[rows])
+
+    def _windows(self, crops: Crops, chunk: list[int]) -> Crops:
+        """Each record's :func:`~._explorer_data.window` of its receptive-field-sized crop."""
+        field = self.result.fields[self.layer]
+        assert field is not None
+        cell = data_json.cell_size(field)
+        if tuple(crops.images.shape[-2:]) == cell:  # every box fits in the image: the cell is the box
+            return crops
+        images = crops.images.new_full((*crops.images.shape[:-2], *cell), 0.0)
+        mask = crops.mask.new_zeros((*crops.mask.shape[:-2], *cell))
+        for row, channel in enumerate(chunk):
+            for slot, record in enumerate(_records(self.result, self.layer, channel, self.kind)):
+                box = field.box(record.y, record.x)
+                corner = data_json.window(field, box)
+                top, left = corner[0] - box[0], corner[1] - box[1]  # in the crop's pixels
+                images[row, slot] = crops.images[row, slot, :, top : top + cell[0], left : left + cell[1]]
+                mask[row, slot] = crops.mask[row, slot, top : top + cell[0], left : left + cell[1]]
+        return Crops(images, mask)
 
 
 def _group(
@@ -106,17 +123,12 @@ def _group(
     guided: bool,
     files: dict[str, list[str]],
     agreement: dict[str, list[float]],
-    kept: dict[int, tuple[Tensor, Tensor]],
 ) -> np.ndarray:
     """Save the sheets of one group of channels; returns the top-1 projection cells for thumbnails.
 
-    Patches are not saved: the page cuts them out of the whole images, which it has anyway. The
-    projections of the channels that are keys of ``kept`` are put there (for the hierarchy figure).
+    Patches are not saved: the page cuts them out of the whole images, which it has anyway.
     """
     zf = fetch("zf", channels)
-    for row, channel in enumerate(channels):
-        if channel in kept:
-            kept[channel] = (zf.images[row], zf.mask[row])
     shown_zf = _cells(zf, counts, k, lambda images, _mask: normalize_projections(images))
     cells = {"zf": shown_zf}
     if guided:
@@ -149,13 +161,12 @@ def _records_json(
     denormalize: Callable[[Tensor], Tensor] | None,
     guided: bool,
     slots: data_json.ImageSlots,
-    kept: dict[int, tuple[Tensor, Tensor]],
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]]]:
     channels = result.channels(layer)
     k = result.k if kind == "top" else result.bottom_k
     field = result.fields.get(layer)
     records = [_records(result, layer, c, kind) for c in range(channels)]
-    size = field.size if field is not None else (1, 1)
+    size = data_json.cell_size(field) if field is not None else (1, 1)
     per_sheet = sheet_rows(k, size[0], size[1], channels)
     files: dict[str, list[str]] = {}
     agreement: dict[str, list[float]] = {}
@@ -164,8 +175,7 @@ def _records_json(
     for group, start in enumerate(range(0, channels, per_sheet)):
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
-        tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement,
-                           kept))  # fmt: skip
+        tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement))
     payload = {
         "cell": list(size),
         "per_sheet": per_sheet,
@@ -224,17 +234,16 @@ def layer_page(
     }
     if field is None:  # no crops without a field: the table still has the statistics
         return entry, None
-    kept: dict[int, tuple[Tensor, Tensor]] = dict.fromkeys(keep, (torch.empty(0), torch.empty(0)))
     entry["top"], top1, agreement = _records_json(folder, stem, "top", result, model, data, layer, denormalize,
-                                                  guided, slots, kept)  # fmt: skip
+                                                  guided, slots)  # fmt: skip
     entry["agreement"] = data_json.agreement_columns(agreement, result.channels(layer)) if guided else None
     if result.bottom_k > 0:
         entry["bottom"], _, _ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
-                                              False, slots, {})  # fmt: skip
+                                              False, slots)  # fmt: skip
     entry["thumbs"] = save_grid(thumbnails(top1), folder, f"{stem}_thumbs", cols=32).to_json()
-    shown = None
-    if keep:
-        shown = Crops(torch.stack([kept[c][0] for c in keep]), torch.stack([kept[c][1] for c in keep]))
+    # The hierarchy figure draws whole receptive fields (plot_hierarchy's cells), not the explorer's
+    # image-sized cells: its few channels are projected again.
+    shown = result.projections(model, data, layer, list(keep)) if keep else None
     return entry, shown
 
 

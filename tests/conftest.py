@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -107,3 +110,29 @@ def quiet_captum() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="Setting backward hooks")
         warnings.filterwarnings("ignore", message="Input Tensor")
         yield
+
+
+@dataclass
+class WideExplorer:
+    """An explorer whose last layer's receptive field (46 px) is almost three times the 16-px images."""
+
+    index: Path
+    model: nn.Module
+    data: Tensor
+    result: Any
+
+
+@pytest.fixture(scope="session")
+def wide_explorer(tmp_path_factory: pytest.TempPathFactory) -> WideExplorer:
+    from captum_deconvviz import mine_topk, write_explorer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 5, padding=4, dilation=2), nn.ReLU(),
+    ).eval()  # fmt: skip
+    data = torch.rand(12, 3, 16, 16)
+    result = mine_topk(model, ["6", "7"], data, k=4, progress=False)
+    index = write_explorer(tmp_path_factory.mktemp("wide") / "explorer", model, data, result, progress=False)
+    return WideExplorer(index, model, data, result)

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import visualization as captum_viz
+from conftest import WideExplorer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
-from captum_deconvviz import mine_topk, write_explorer
+from captum_deconvviz import NeuronZFDeconvolution, mine_topk, write_explorer
 from captum_deconvviz._explorer_data import embed_json, number
-from captum_deconvviz._explorer_images import captum_overlays, normalize_attributions
+from captum_deconvviz._explorer_images import captum_overlays, normalize_attributions, normalize_projections
 from captum_deconvviz.explorer import ASSETS
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, denormalize
 
@@ -89,6 +91,35 @@ def test_the_json_holds_the_statistics_and_records(small: tuple[Path, object]) -
             assert row[4:8] == list(field.box(record.y, record.x))
         bottom = result.records("features.4", channel, kind="bottom")
         assert [slots[r[0]] for r in layer["bottom"]["records"][channel]] == [r.index for r in bottom]
+
+
+def test_cells_larger_than_the_image_are_cut_to_the_image_part_of_the_box(wide_explorer: WideExplorer) -> None:
+    model, data, result = wide_explorer.model, wide_explorer.data, wide_explorer.result
+    field = result.fields["7"]
+    assert field.size == (46, 46)
+    layer = next(entry for entry in explorer_data(wide_explorer.index)["layers"] if entry["name"] == "7")
+    top = layer["top"]
+    assert top["cell"] == [16, 16]  # not 46 x 46: the field beyond the image is all padding
+    rows = top["per_sheet"]
+    deconv = NeuronZFDeconvolution(model, model[7])
+    for channel in range(5):
+        sheet = np.asarray(Image.open(wide_explorer.index.parent / top["files"]["zf"][channel // rows]).convert("RGB"))
+        for slot, (row, record) in enumerate(zip(top["records"][channel], result.records("7", channel), strict=True)):
+            box = field.box(record.y, record.x)
+            assert row[4:8] == list(box)
+            wy, wx = row[8:10]
+            # The cell is image-sized, inside the box, and holds all of the box inside the image.
+            assert box[0] <= wy and wy + 16 <= box[2] and box[1] <= wx and wx + 16 <= box[3]
+            assert wy <= max(box[0], 0) and min(box[2], 16) <= wy + 16
+            assert wx <= max(box[1], 0) and min(box[3], 16) <= wx + 16
+            # Its pixels: the unit's own projection over the whole image, seen through the window.
+            whole = deconv.attribute(data[record.index : record.index + 1], (channel, record.y, record.x))[0]
+            seen = torch.zeros(3, 16, 16)
+            ys, xs = slice(max(wy, 0), min(wy + 16, 16)), slice(max(wx, 0), min(wx + 16, 16))
+            seen[:, ys.start - wy : ys.stop - wy, xs.start - wx : xs.stop - wx] = whole[:, ys, xs]
+            expected = (normalize_projections(seen[None])[0] * 255 + 0.5).astype(np.uint8)
+            cell = sheet[(channel % rows) * 16 : (channel % rows + 1) * 16, slot * 16 : (slot + 1) * 16]
+            assert np.abs(cell.astype(int) - expected.astype(int)).max() <= 1, (channel, slot)
 
 
 def test_embedded_json_cannot_close_its_script() -> None:

@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import WideExplorer
 from torch import Tensor, nn
 
 from captum_deconvviz import mine_topk, receptive_field, write_explorer
+from captum_deconvviz._explorer_data import window
 from captum_deconvviz.cli import main
 from captum_deconvviz.data import ImageFiles
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, default_transform, denormalize, load_default_model
@@ -241,4 +243,36 @@ def test_payloads_show_as_text_and_run_nothing(browser: Any, evil: tuple[Path, A
     page.screenshot(path=tmp_path / "payloads.png", full_page=True)
     assert page.evaluate("window.__pwned") is None
     assert page.locator("img[src=x], b[onmouseover]").count() == 0
+    assert tab.problems == []
+
+
+def test_cells_of_fields_larger_than_the_image_sit_on_their_window(browser: Any, wide_explorer: WideExplorer) -> None:
+    """Layer 7 sees 46 px of 16-px images: each patch and overlay is the image-sized window of its box."""
+    field = wide_explorer.result.fields["7"]
+    tab = _tab(browser)
+    page = tab.page
+    page.goto(wide_explorer.index.resolve().as_uri() + "#7/2")
+    records = wide_explorer.result.records("7", 2)
+    for i, record in enumerate(records):
+        box = field.box(record.y, record.x)
+        wy, wx = window(field, box)
+        frame = page.locator(f".records[data-kind=top] button[data-record='{i}'] .patch-frame")
+        scale = frame.bounding_box()["width"] / 16
+        assert frame.bounding_box()["height"] == pytest.approx(16 * scale, abs=0.5)
+        # The whole image behind the frame is shifted so that the window's corner is the frame's.
+        sprite = frame.locator(".sprite").bounding_box()
+        assert sprite["x"] - frame.bounding_box()["x"] == pytest.approx(-wx * scale, abs=0.5)
+        assert sprite["y"] - frame.bounding_box()["y"] == pytest.approx(-wy * scale, abs=0.5)
+    page.click(".records[data-kind=top] button[data-record='0']")
+    box = field.box(records[0].y, records[0].x)
+    wy, wx = window(field, box)
+    whole = page.locator("#whole").bounding_box()
+    scale = whole["width"] / 16
+    rf = page.locator("#rf-box").bounding_box()
+    assert rf["x"] - whole["x"] == pytest.approx(box[1] * scale, abs=0.5)
+    assert rf["width"] == pytest.approx(46 * scale, abs=0.5)
+    overlay = page.locator("#whole .overlay").bounding_box()
+    assert overlay["x"] - whole["x"] == pytest.approx(wx * scale, abs=0.5)
+    assert overlay["y"] - whole["y"] == pytest.approx(wy * scale, abs=0.5)
+    assert overlay["width"] == pytest.approx(16 * scale, abs=0.5)
     assert tab.problems == []

@@ -332,15 +332,16 @@
     return grid;
   }
 
-  /* The record's patch: its receptive-field box cut out of the whole image (grey outside the image). */
+  /* The record's patch: its cell (the receptive-field box, or where the box is larger than the image,
+   * the image-sized window of it that holds its part inside the image) cut out of the whole image. */
   function patch(record, size, scale, label) {
     var images = DATA.images.sheets;
     var frame = el("div", "patch-frame");
     frame.style.width = size[1] * scale + "px";
     frame.style.height = size[0] * scale + "px";
     var whole = cell(images, images.files, Math.floor(record[0] / images.cols), record[0] % images.cols, scale, label);
-    whole.style.left = -record[5] * scale + "px";
-    whole.style.top = -record[4] * scale + "px";
+    whole.style.left = -record[9] * scale + "px";
+    whole.style.top = -record[8] * scale + "px";
     return add(frame, whole);
   }
 
@@ -459,8 +460,8 @@
     if (overlayKey !== "none" && part.files[overlayKey]) {
       var overlay = cell(part, part.files[overlayKey], channel, index, scale);
       overlay.classList.add("overlay");
-      overlay.style.left = left * scale + "px";
-      overlay.style.top = top * scale + "px";
+      overlay.style.left = record[9] * scale + "px";  // the overlay is drawn on the record's cell
+      overlay.style.top = record[8] * scale + "px";
       add(whole, overlay);
     }
     var box = el("div", "box");
