@@ -22,6 +22,7 @@ from ._checkpoint import shard_path
 from ._checks import check_bool, check_choice, check_device, check_float, check_int, check_output_file
 from ._exemplar_state import ExemplarOptions
 from ._forward import model_device, resolve_layer
+from ._guard import check_dense
 from ._relevance import Target, check_target
 
 __all__ = ["MiningConfig", "Nan", "RankBy", "Unique", "mining_config"]
@@ -226,6 +227,7 @@ def _check_labels(labels: Any, data: Any, total: int) -> Tensor | bool | None:
         return True
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be None, True or a LongTensor [N], got {type(labels).__name__}")
+    check_dense(labels, "labels")  # a meta or sparse tensor has no values to read
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.dim() != 1:
         raise ValueError(f"labels must be an integer tensor [N], got {labels.dtype} {list(labels.shape)}")
     if len(labels) != total:

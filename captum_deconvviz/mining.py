@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from . import _datasource, _distributed
 from ._checkpoint import Checkpoint
 from ._checks import check_int
+from ._exemplar_state import state_bytes
 from ._fingerprint import dataset_fingerprint, model_fingerprint
 from ._forward import EvalMode, check_dtype, check_model, model_device, split_layer_spec
 from ._mining_config import MiningConfig, Nan, RankBy, Unique, mining_config
@@ -160,6 +162,7 @@ def mine_topk(
         quantiles=quantiles,
     )
     check_int(max_exemplar_bytes, "max_exemplar_bytes", minimum=0)
+    _check_exemplar_bound(config, max_exemplar_bytes)
     input_shape = tuple(_datasource.fetch(data, [config.order[0]]).shape[1:])
     work_model = _on_device(model, config.device)
     fingerprint = model_fingerprint(model)
@@ -186,6 +189,36 @@ def mine_topk(
     if config.verify:
         result.verify(work_model, data)
     return result
+
+
+def _check_exemplar_bound(config: MiningConfig, max_exemplar_bytes: int) -> None:
+    """Refuse, before any image is read, exemplar options over ``max_exemplar_bytes`` at one channel per layer.
+
+    The exact bound is checked as each layer's channels become known (its first batch); this
+    lower bound catches a ``bottom_k``, ``class_top_n`` or label too large for any layer first.
+    """
+    options = config.exemplars
+    labels = config.labels
+    classes = int(labels.max()) + 1 if isinstance(labels, Tensor) and len(labels) else 0
+    need = len(config.layers) * state_bytes(options, 1, classes)
+    if not options.any or need <= max_exemplar_bytes:
+        return
+    alone = {  # what each argument needs by itself, to name the one to lower
+        f"bottom_k={options.bottom_k}": state_bytes(dataclasses.replace(options, labels=False, quantiles=False), 1, 0),
+        f"class_top_n={options.class_top_n}": state_bytes(
+            dataclasses.replace(options, bottom_k=0, quantiles=False), 1, 0
+        ),
+        f"labels (largest {classes - 1}: {classes} classes)": state_bytes(
+            dataclasses.replace(options, bottom_k=0, quantiles=False, class_top_n=0), 1, classes
+        ),
+        "quantiles=True": state_bytes(dataclasses.replace(options, labels=False, bottom_k=0), 1, 0),
+    }
+    culprit = max(alone, key=lambda name: alone[name])
+    raise ValueError(
+        f"{culprit} needs {need / 2**30:.3g} GiB of exemplar statistics even at one channel per layer "
+        f"({len(config.layers)} layers), more than max_exemplar_bytes={max_exemplar_bytes}: lower it, or raise "
+        "max_exemplar_bytes"
+    )
 
 
 def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
