@@ -15,7 +15,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._checks import check_float, check_int
 from ._exemplar_state import ExemplarState
+from ._guard import check_dense
 from ._ranking import NO_KEY, f32_means
 
 __all__ = ["ClassStats", "Place", "class_stats", "quantile_rows", "ranking_rows", "selectivity_index"]
@@ -62,6 +64,9 @@ class ClassStats:
 
     def name(self, cls: int) -> str:
         """The name of class ``cls`` (its number where the data named none)."""
+        checked = check_int(cls, "cls")
+        assert checked is not None  # None is refused: allow_none is off
+        cls = checked
         if self.class_names is not None and 0 <= cls < len(self.class_names):
             return self.class_names[cls]
         return str(cls)
@@ -82,6 +87,12 @@ def selectivity_index(class_means: Tensor) -> tuple[Tensor, Tensor]:
         >>> selectivity_index(torch.tensor([[3.0, 1.0, 1.0]], dtype=torch.float64))[0]
         tensor([0.5000], dtype=torch.float64)
     """
+    _check_tensor(class_means, "class_means", "a float tensor [channels, classes]")
+    if class_means.dim() != 2 or class_means.shape[1] == 0 or not class_means.is_floating_point():
+        raise ValueError(f"class_means must be a float tensor [channels, classes] with at least one class, got "
+                         f"{class_means.dtype} {list(class_means.shape)}")  # fmt: skip
+    if bool(torch.isinf(class_means).any()):
+        raise ValueError("class_means holds Inf: a class mean must be finite (NaN marks a class without images)")
     present = ~torch.isnan(class_means)
     means = torch.where(present, class_means, float("-inf"))
     mu_max = means.max(dim=1).values
@@ -95,6 +106,23 @@ def selectivity_index(class_means: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(undefined, float("nan"), selectivity), top
 
 
+def _check_tensor(value: object, argname: str, expected: str) -> None:
+    """Raise unless ``value`` is a tensor that holds values (dense, not on the meta device)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{argname} must be {expected}, got {type(value).__name__}")
+    check_dense(value, argname)
+
+
+def _check_rows(first: object, second: object, names: tuple[str, str], what: str) -> None:
+    """Raise unless ``first`` and ``second`` are 1-d tensors of one length (a ranking row, or per-image tables)."""
+    for value, argname in zip((first, second), names, strict=True):
+        _check_tensor(value, argname, f"a 1-d tensor ({what})")
+    assert isinstance(first, Tensor) and isinstance(second, Tensor)
+    if first.dim() != 1 or first.shape != second.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must be 1-d tensors of one length ({what}), got shapes "
+                         f"{list(first.shape)} and {list(second.shape)}")  # fmt: skip
+
+
 def _first_argmax(values: Tensor) -> Tensor:
     """The first index of each row's maximum (``argmax`` does not promise the first on all devices)."""
     best = values.max(dim=1, keepdim=True).values
@@ -105,6 +133,12 @@ def _first_argmax(values: Tensor) -> Tensor:
 
 def class_stats(state: ExemplarState, class_names: list[str] | None) -> ClassStats:
     """The :class:`ClassStats` of a layer's exemplar state (mined with labels)."""
+    if not isinstance(state, ExemplarState) or "class_top" not in state.rankings:
+        raise TypeError(f"state must be the ExemplarState of a layer mined with labels, got {type(state).__name__}")
+    if class_names is not None and (
+        not isinstance(class_names, list) or not all(isinstance(name, str) for name in class_names)
+    ):
+        raise TypeError(f"class_names must be a list of str or None, got {type(class_names).__name__}")
     classes = max(state.classes, len(class_names) if class_names is not None else 0)
     state.grow(classes, state.tables["class_count"].device)
     top = state.rankings["class_top"]
@@ -120,6 +154,9 @@ def class_stats(state: ExemplarState, class_names: list[str] | None) -> ClassSta
 
 def ranking_rows(values: Tensor, key: Tensor, plane: int, width: int) -> list[Place]:
     """The records of one ranking row (``[n]`` tensors), in their order, empty slots dropped."""
+    _check_rows(values, key, ("values", "key"), "one ranking row")
+    check_int(plane, "plane", minimum=1)
+    check_int(width, "width", minimum=1)
     out = []
     for value, k in zip(values.tolist(), key.tolist(), strict=True):
         if k == NO_KEY:
@@ -143,6 +180,12 @@ def quantile_rows(best: Tensor, position: Tensor, q: float, k: int, width: int) 
         k: how many images.
         width: the layer map's width (positions to ``(y, x)``).
     """
+    _check_rows(best, position, ("best", "position"), "one value per image")
+    q = check_float(q, "q", minimum=0.0, maximum=1.0)
+    count = check_int(k, "k", minimum=1)
+    assert count is not None  # None is refused: allow_none is off
+    k = count
+    check_int(width, "width", minimum=1)
     valid = torch.isfinite(best).nonzero().flatten()
     if len(valid) == 0:
         return []
