@@ -103,7 +103,11 @@ def _range(records: list[Record]) -> str:
 
 
 def _views(
-    result: MiningResult, kinds: str | Sequence[str] | None, quantiles: Sequence[float], classes: Sequence[int]
+    result: MiningResult,
+    layer: str,
+    kinds: str | Sequence[str] | None,
+    quantiles: Sequence[float],
+    classes: Sequence[int],
 ) -> list[tuple[str, int | None, float | None]]:
     """The rows of :func:`exemplar_rows` as ``(kind, cls, q)``, each checked against what was mined."""
     if kinds is None:
@@ -129,9 +133,9 @@ def _views(
         views.append(("quantile", None, check_float(q, f"quantiles[{i}]", minimum=0.0, maximum=1.0)))
     if len(classes) and not _mined_option(result, "by_class"):
         raise ValueError("classes needs a result mined with labels=True and by_class=True (see mine_topk)")
-    count = len(result.class_names or []) or None
+    count = result._class_count(layer) if len(classes) else 0
     for i, cls in enumerate(classes):
-        checked = check_int(cls, f"classes[{i}]", minimum=0, maximum=count - 1 if count else None)
+        checked = check_int(cls, f"classes[{i}]", minimum=0, maximum=max(count - 1, 0))
         views.append(("top", checked, None))
     if not views:
         raise ValueError("nothing to show: kinds, quantiles and classes are all empty")
@@ -202,7 +206,7 @@ def exemplar_rows(
         raise TypeError(f"channel must be one channel index (one set of rows per channel), got {show(channel)}")
     unit = check_int(channel, "channel", minimum=0)  # its maximum: result.records
     assert unit is not None  # None is refused: allow_none is off
-    views = _views(result, kinds, quantiles, classes)
+    views = _views(result, layer, kinds, quantiles, classes)
     found = [result.records(layer, unit, kind=kind, cls=cls, q=q) for kind, cls, q in views]  # checks all first
     heading = f"{layer} #{unit}"
     if result.has_labels:

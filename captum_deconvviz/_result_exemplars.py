@@ -95,12 +95,17 @@ class ExemplarAccess:
             ]
         assert cls is not None
         ranking = exemplars.rankings["by_class"]
-        classes = max(exemplars.classes, len(self.class_names or []))
-        checked = check_int(cls, "cls", minimum=0, maximum=max(classes - 1, 0))
+        checked = check_int(cls, "cls", minimum=0, maximum=max(self._class_count(layer) - 1, 0))
         if checked is None or checked >= exemplars.classes:  # a named class that no mined image had
             return []
         values, key = ranking.values[channel, checked], ranking.key[channel, checked]
         return [Record(*place) for place in ranking_rows(values, key, plane, width)]
+
+    def _class_count(self, layer: str) -> int:
+        """The classes of ``layer``'s statistics: the labels mined, or the data's class names if more (0: none)."""
+        _, state = self._state(layer)
+        mined = state.exemplars.classes if state.exemplars is not None else 0
+        return max(mined, len(self.class_names or []))
 
     def _exemplars(self, layer: str, state: TopKState, kind: str, cls: int | None) -> ExemplarState:
         """The layer's exemplar state, if it holds ``kind``; else a ValueError saying how to mine it."""
