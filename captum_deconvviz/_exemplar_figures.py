@@ -33,6 +33,7 @@ from ._figures import (
     blank,
     check_cell_style,
     check_cmap,
+    check_finite_values,
     check_image_function,
     display_image,
     finish,
@@ -151,6 +152,7 @@ def _check_crops(crops: Any, argname: str) -> Crops:
     ):  # fmt: skip
         raise ValueError(f"{argname} must hold images [k, C, h, w] and a mask [k, h, w] of one channel's records, "
                          f"got {show(images)} and {show(mask)}")  # fmt: skip
+    check_finite_values(images, argname, "NaN/Inf cells would draw blank")
     return crops
 
 
