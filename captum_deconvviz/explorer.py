@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import os
 import re
 import shlex
 import sys
@@ -31,9 +32,12 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import _datasource
 from . import _explorer_data as data_json
 from . import _report_sections as sections
+from ._checks import check_bool, check_output_file, show
 from ._explorer_pages import image_sheets, layer_page
+from ._figures import check_image_function, check_type
 from .compare import ComparisonResult
 from .diagnose import Diagnosis
 from .mining_result import MiningResult
@@ -48,6 +52,48 @@ _SLOTS = re.compile(r"<!--(DATA|VIEWS|TITLE)-->")
 
 def _asset(name: str) -> str:
     return resources.files("captum_deconvviz").joinpath("explorer_assets").joinpath(name).read_text(encoding="utf-8")
+
+
+def _check_arguments(
+    out: Any, model: Any, data: Any, result: Any, title: Any, denormalize: Any, first_layer: Any, image_labels: Any,
+    command: Any, model_name: Any, data_name: Any, diagnosis: Any, comparison: Any, guided: Any, progress: Any,
+) -> Path:  # fmt: skip
+    """The folder to write, once every argument of :func:`write_explorer` is checked (before any file is written)."""
+    check_type(result, "result", MiningResult, "from mine_topk or MiningResult.load")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a folder path, got {type(out).__name__}")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out={str(folder)!r} is a file; give a folder (it is created) for the explorer")
+    check_output_file(folder / "index.html", "out")  # no file where a parent folder should be, and writable
+    result.check_data(data)
+    result.check_model(model)
+    for argname, value in (("title", title), ("model_name", model_name), ("data_name", data_name)):
+        if not isinstance(value, str):
+            raise TypeError(f"{argname} must be a str, got {show(value)} ({type(value).__name__})")
+    check_image_function(denormalize, "denormalize")
+    if first_layer is not None and (not isinstance(first_layer, nn.Conv2d) or first_layer.in_channels not in (1, 3)):
+        raise TypeError(f"first_layer must be a Conv2d with 1 or 3 input channels (the filters drawn as images) or "
+                        f"None, got {show(first_layer)}")  # fmt: skip
+    if image_labels is not None:
+        total = _datasource.length(data)
+        if isinstance(image_labels, (str, bytes)) or not isinstance(image_labels, Sequence):
+            raise TypeError(f"image_labels must be a list of str, one per data image, got {show(image_labels)}")
+        if len(image_labels) != total or not all(isinstance(label, str) for label in image_labels):
+            raise ValueError(f"image_labels must hold one str per data image ({total}), got {len(image_labels)} "
+                             f"items: {show(list(image_labels))}")  # fmt: skip
+    if command is not None and (
+        isinstance(command, (str, bytes)) or not isinstance(command, Sequence)
+        or not all(isinstance(word, str) for word in command)
+    ):  # fmt: skip
+        raise TypeError(f"command must be the command line as a list of str (e.g. sys.argv) or None, got "
+                        f"{show(command)}")  # fmt: skip
+    for argname, value, expected in (("diagnosis", diagnosis, Diagnosis), ("comparison", comparison, ComparisonResult)):
+        if value is not None and not isinstance(value, expected):
+            raise TypeError(f"{argname} must be a {expected.__name__} or None, got {type(value).__name__}")
+    check_bool(guided, "guided")
+    check_bool(progress, "progress")
+    return folder
 
 
 def write_explorer(
@@ -104,7 +150,8 @@ def write_explorer(
         >>> write_explorer("explorer", model, data, result, denormalize=denormalize)  # doctest: +SKIP
         PosixPath('explorer/index.html')
     """
-    folder = Path(out)
+    folder = _check_arguments(out, model, data, result, title, denormalize, first_layer, image_labels, command,
+                              model_name, data_name, diagnosis, comparison, guided, progress)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
         (folder / name).write_text(_asset(name), encoding="utf-8")
