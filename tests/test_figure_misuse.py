@@ -10,6 +10,7 @@ exactly as it was. The last tests check that the checks refuse nothing that is r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,22 +25,31 @@ import pytest
 import torch
 from torch import nn
 
+import captum_deconvviz._class_figures as class_figures
+import captum_deconvviz._exemplar_figures as exemplar_figures
 import captum_deconvviz._result_figures as result_figures
 import captum_deconvviz.viz as viz
 from captum_deconvviz import (
     ComparisonResult,
     Crops,
     Diagnosis,
+    ExemplarRow,
     MiningResult,
     RandomizationResult,
+    class_unit_rows,
+    exemplar_rows,
     hierarchy_channels,
     mine_topk,
+    plot_class_histogram,
+    plot_class_units,
     plot_comparison,
     plot_diagnosis,
+    plot_exemplars,
     plot_feature_evolution,
     plot_filters,
     plot_hierarchy,
     plot_randomization,
+    plot_selectivity,
     plot_topk,
 )
 from captum_deconvviz.diagnose import FeatureEvolution, LayerDiagnosis
@@ -75,6 +85,11 @@ class Env:
     randomization: RandomizationResult
     diagnosis: Diagnosis
     evolution: FeatureEvolution
+    guided: Crops  # features.1, channels [0, 1], rules="guided"
+    labelled: MiningResult  # labels, by_class, bottom_k=2, quantiles
+    relevance: MiningResult  # features.4 only: labels, rank_by="relevance", target="label"
+    rows: list[ExemplarRow]  # features.4 #0 of labelled, with projections: top, bottom, quantile 0.5
+    unit_rows: list[ExemplarRow]  # the 2 units of relevance for class 0, with projections
 
     def topk(self, **kwargs: Any) -> Any:
         args = {"result": self.result, "data": self.data, "layer": "features.1", "channels": [0, 1],
@@ -92,6 +107,12 @@ class Env:
     def evo(self, **kwargs: Any) -> Any:
         return plot_feature_evolution(**({"evolution": self.evolution, "use_pyplot": False} | kwargs))
 
+    def exemplars(self, **kwargs: Any) -> Any:
+        return plot_exemplars(**({"rows": self.rows, "use_pyplot": False} | kwargs))
+
+    def units(self, **kwargs: Any) -> Any:
+        return plot_class_units(**({"rows": self.unit_rows, "use_pyplot": False} | kwargs))
+
 
 @pytest.fixture(scope="module")
 def env() -> Env:
@@ -99,6 +120,11 @@ def env() -> Env:
     model = Net()
     data = torch.randn(6, *IMAGE)
     result = mine_topk(model, LAYERS, data, k=3, progress=False)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    labelled = mine_topk(model, LAYERS, data, k=3, labels=labels, by_class=True, bottom_k=2, quantiles=True,
+                         progress=False)  # fmt: skip
+    relevance = mine_topk(model, ["features.4"], data, k=3, labels=labels, rank_by="relevance", target="label",
+                          progress=False)  # fmt: skip
     model.train()  # training mode on purpose: the deprecated model= spellings must leave it so
     projections = result.projections(model, data, "features.1", [0, 1])
     shown = hierarchy_channels(result, channels_per_layer=2)
@@ -112,8 +138,11 @@ def env() -> Env:
                            stride=(2, 2))  # fmt: skip
     crops = Crops(torch.rand(2, 1, 3, 5, 5), torch.ones(2, 1, 5, 5, dtype=torch.bool))
     evolution = FeatureEvolution("features.1", [0, 1], [crops, crops], [crops, crops])
+    guided = result.projections(model, data, "features.1", [0, 1], rules="guided")
+    rows = exemplar_rows(labelled, data, "features.4", 0, model=model, quantiles=(0.5,))
+    unit_rows = class_unit_rows(relevance, data, "features.4", 0, model=model, n=2)
     return Env(model, data, result, projections, hierarchy, comparison, randomization, Diagnosis([layer], images=4),
-               evolution)  # fmt: skip
+               evolution, guided, labelled, relevance, rows, unit_rows)  # fmt: skip
 
 
 Call = Callable[[Env], Any]
@@ -292,6 +321,164 @@ for what, kwargs, names, errors in [
     case(f"plot_feature_evolution-{what}", lambda e, kw=kwargs: e.evo(**kw), names, errors)
 
 
+# -- plot_topk(guided=True) ---------------------------------------------------------------------
+for what, kwargs, names, errors in [
+    ("guided-string", {"guided": "yes"}, "guided", TypeError),
+    ("guided-int", {"guided": 1}, "guided", TypeError),
+    ("guided-without-projections", {"guided": True}, "guided_projections", ValueError),
+    ("guided-projections-without-guided", {"guided_projections": "guided"}, "guided_projections", ValueError),
+    ("guided-projections-wrong-crop-size", {"guided": True, "guided_projections": torch.zeros(2, 3, 3, 4, 4)},
+     "guided_projections", ValueError),
+    ("guided-projections-wrong-k", {"guided": True, "guided_projections": torch.zeros(2, 2, 3, 3, 3)},
+     "guided_projections", ValueError),
+    ("guided-projections-list", {"guided": True, "guided_projections": [[0.0]]}, "guided_projections", TypeError),
+    ("guided-projections-string", {"guided": True, "guided_projections": "guided"}, "guided_projections", TypeError),
+    ("guided-projections-nan", {"guided": True, "guided_projections": "nan"}, "guided_projections", ValueError),
+]:  # fmt: skip
+
+    def _guided(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        if kw.get("guided_projections") == "guided" and not kw.get("guided"):
+            kw["guided_projections"] = e.guided
+        elif kw.get("guided_projections") == "nan":
+            kw["guided_projections"] = _nan(e.guided)
+        return e.topk(**kw)
+
+    case(f"plot_topk-{what}", _guided, names, errors)
+
+
+# -- plot_exemplars and plot_class_units: rows, then the cell options they share with plot_topk -------
+
+
+def _row_with(e: Env, **changes: Any) -> list[ExemplarRow]:
+    """The exemplar rows with ``changes`` made to row 0."""
+    return [dataclasses.replace(e.rows[0], **changes), *e.rows[1:]]
+
+
+def _nan_crops(crops: Crops) -> Crops:
+    return Crops(_nan(Crops(crops.images[None], crops.mask[None]))[0], crops.mask)
+
+
+ROW_CASES: list[tuple[str, Callable[[Env], Any], str, Errors]] = [
+    ("rows-result", lambda e: e.labelled, "rows", TypeError),
+    ("rows-none", lambda e: None, "rows", TypeError),
+    ("rows-empty", lambda e: [], "rows", ValueError),
+    ("rows-string", lambda e: "rows", "rows", TypeError),
+    ("rows-dict", lambda e: {0: e.rows[0]}, "rows", TypeError),
+    ("rows-generator", lambda e: iter(e.rows), "rows", TypeError),
+    ("rows-ints", lambda e: [1, 2], "rows[0]", TypeError),
+    ("rows-crops", lambda e: [e.rows[0].patches], "rows[0]", TypeError),
+    ("rows-mixed-projections", lambda e: [e.rows[0], dataclasses.replace(e.rows[1], projections=None)], "rows[1]",
+     ValueError),
+    ("rows-projections-wrong-size", lambda e: _row_with(e, projections=Crops(torch.zeros(3, 3, 2, 2),
+                                                                            torch.ones(3, 2, 2, dtype=torch.bool))),
+     "rows[0].projections", ValueError),
+    ("rows-projections-tensor", lambda e: _row_with(e, projections=e.rows[0].projections.images),
+     "rows[0].projections", TypeError),
+    ("rows-patches-tensor", lambda e: _row_with(e, patches=e.rows[0].patches.images), "rows[0].patches", TypeError),
+    ("rows-projections-nan", lambda e: _row_with(e, projections=_nan_crops(e.rows[0].projections)),
+     "rows[0].projections", ValueError),
+    ("rows-patches-inf", lambda e: _row_with(e, patches=Crops(e.rows[0].patches.images.clone().fill_(float("inf")),
+                                                              e.rows[0].patches.mask)), "rows[0].patches", ValueError),
+    ("rows-title-int", lambda e: _row_with(e, title=3), "rows[0].title", TypeError),
+]  # fmt: skip
+OPTION_CASES: list[tuple[str, dict[str, Any], str, Errors]] = [
+    ("method-typo", {"method": "heatmap"}, "method", ValueError),
+    ("method-none", {"method": None}, "method", ValueError),
+    ("sign-typo", {"sign": "pos"}, "sign", ValueError),
+    ("sign-all-masked-image", {"sign": "all", "method": "masked_image"}, "sign", ValueError),
+    ("cmap-unknown", {"cmap": "no_such_cmap", "method": "heat_map"}, "cmap", ValueError),
+    ("cmap-int", {"cmap": 3}, "cmap", TypeError),
+    ("outlier-perc-100", {"outlier_perc": 100}, "outlier_perc", ValueError),
+    ("outlier-perc-nan", {"outlier_perc": NAN}, "outlier_perc", ValueError),
+    ("alpha-overlay-above-1", {"alpha_overlay": 2}, "alpha_overlay", ValueError),
+    ("alpha-overlay-bool", {"alpha_overlay": True}, "alpha_overlay", TypeError),
+    ("cell-inches-zero", {"cell_inches": 0}, "cell_inches", ValueError),
+    ("cell-inches-inf", {"cell_inches": float("inf")}, "cell_inches", ValueError),
+    ("denormalize-string", {"denormalize": "imagenet"}, "denormalize", TypeError),
+    ("use-pyplot-string", {"use_pyplot": "no"}, "use_pyplot", TypeError),
+    ("use-pyplot-none", {"use_pyplot": None}, "use_pyplot", TypeError),
+    ("title-int", {"title": 3}, "title", TypeError),
+    ("title-list", {"title": ["a"]}, "title", TypeError),
+]
+for what, make_rows, names, errors in ROW_CASES:
+    case(f"plot_exemplars-{what}", lambda e, m=make_rows: e.exemplars(rows=m(e)), names, errors)
+for what, kwargs, names, errors in OPTION_CASES:
+    case(f"plot_exemplars-{what}", lambda e, kw=kwargs: e.exemplars(**kw), names, errors)
+case("plot_exemplars-denormalize-drops-channels", lambda e: e.exemplars(denormalize=lambda x: x[0]), "denormalize",
+     ValueError, early=False)  # fmt: skip
+for what in ("rows-result", "rows-empty", "rows-none", "rows-ints", "rows-mixed-projections", "rows-projections-nan"):
+    make_rows, names, errors = next((m, n, err) for w, m, n, err in ROW_CASES if w == what)
+    case(f"plot_class_units-{what}", lambda e, m=make_rows: e.units(rows=m(e)), names, errors)
+case("plot_class_units-rows-result-names-the-maker", lambda e: e.units(rows=e.relevance), "class_unit_rows", TypeError)
+for what in ("method-typo", "sign-typo", "cmap-int", "outlier-perc-100", "alpha-overlay-bool", "cell-inches-zero",
+             "denormalize-string", "use-pyplot-string", "title-int"):  # fmt: skip
+    kwargs, names, errors = next((kw, n, err) for w, kw, n, err in OPTION_CASES if w == what)
+    case(f"plot_class_units-{what}", lambda e, kw=kwargs: e.units(**kw), names, errors)
+
+# -- plot_class_histogram and plot_selectivity ---------------------------------------------------
+for what, kwargs, names, errors in [
+    ("result-dict", {"result": {}}, "result", TypeError),
+    ("result-none", {"result": None}, "result", TypeError),
+    ("result-rows", {"result": "rows"}, "result", TypeError),
+    ("result-no-labels", {"result": "plain"}, "labels", ValueError),
+    ("layer-unknown", {"layer": "features.9"}, "layer", ValueError),
+    ("layer-int", {"layer": 4}, "layer", ValueError),
+    ("layer-module", {"layer": "module"}, "layer", TypeError),
+    ("channels-out-of-range", {"channels": [0, 99]}, "channels[1]", ValueError),
+    ("channels-below-minus-count", {"channels": [-7]}, "channels[0]", ValueError),
+    ("channels-bool", {"channels": True}, "channels", TypeError),
+    ("channels-empty", {"channels": []}, "channels", ValueError),
+    ("channels-float", {"channels": 1.5}, "channels", TypeError),
+    ("channels-string", {"channels": "01"}, "channels", TypeError),
+    ("ncols-zero", {"ncols": 0}, "ncols", ValueError),
+    ("ncols-bool", {"ncols": True}, "ncols", TypeError),
+    ("ncols-float", {"ncols": 2.0}, "ncols", TypeError),
+    ("panel-inches-scalar", {"panel_inches": 2}, "panel_inches", TypeError),
+    ("panel-inches-three", {"panel_inches": (1, 1, 1)}, "panel_inches", TypeError),
+    ("panel-inches-negative", {"panel_inches": (-1, 1)}, "panel_inches[0]", ValueError),
+    ("panel-inches-nan", {"panel_inches": (1, NAN)}, "panel_inches[1]", ValueError),
+    ("use-pyplot-string", {"use_pyplot": "no"}, "use_pyplot", TypeError),
+]:
+
+    def _histogram(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        given = kw.get("result", e.labelled)
+        kw["result"] = {"rows": e.rows, "plain": e.result}.get(given, given) if isinstance(given, str) else given
+        if kw.get("layer") == "module":
+            kw["layer"] = e.model.features[4]
+        return plot_class_histogram(**({"layer": "features.4", "channels": [0, 1], "use_pyplot": False} | kw))
+
+    case(f"plot_class_histogram-{what}", _histogram, names, errors)
+
+for what, kwargs, names, errors in [
+    ("result-dict", {"result": {}}, "result", TypeError),
+    ("result-none", {"result": None}, "result", TypeError),
+    ("result-no-labels", {"result": "plain"}, "labels", ValueError),
+    ("layers-empty", {"layers": []}, "layers", ValueError),
+    ("layers-unknown", {"layers": ["features.1", "features.9"]}, "layer", ValueError),
+    ("layers-int", {"layers": 3}, "layers", TypeError),
+    ("layers-ints", {"layers": [1]}, "layers", TypeError),
+    ("threshold-string", {"threshold": "0.5"}, "threshold", TypeError),
+    ("threshold-nan", {"threshold": NAN}, "threshold", ValueError),
+    ("threshold-bool", {"threshold": True}, "threshold", TypeError),
+    ("names-too-few", {"names": ["conv1"]}, "names", ValueError),
+    ("names-string", {"names": "ab"}, "names", ValueError),
+    ("names-ints", {"names": [1, 2]}, "names", ValueError),
+    ("figsize-scalar", {"figsize": 3}, "figsize", TypeError),
+    ("figsize-negative", {"figsize": (-1, 3)}, "figsize[0]", ValueError),
+    ("figsize-zero-height", {"figsize": (3, 0)}, "figsize[1]", ValueError),
+    ("use-pyplot-none", {"use_pyplot": None}, "use_pyplot", TypeError),
+]:
+
+    def _selectivity(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        kw["result"] = e.result if kw.get("result") == "plain" else kw.get("result", e.labelled)
+        return plot_selectivity(**({"use_pyplot": False} | kw))
+
+    case(f"plot_selectivity-{what}", _selectivity, names, errors)
+
+
 class Drew(BaseException):
     """Raised by a figure made during a case that should have been refused first (not an Exception: uncaught)."""
 
@@ -303,6 +490,8 @@ def no_drawing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(viz, "new_figure", new_figure)
     monkeypatch.setattr(result_figures, "new_figure", new_figure)
+    monkeypatch.setattr(class_figures, "new_figure", new_figure)
+    monkeypatch.setattr(exemplar_figures, "new_figure", new_figure)
     yield
 
 
@@ -316,7 +505,8 @@ def test_the_matrix_covers_every_plot_function() -> None:
     names = [name for name, *_ in CASES]
     assert len(set(names)) == len(names), "case names must be unique"
     for function in ("plot_topk", "plot_filters", "plot_hierarchy", "hierarchy_channels", "plot_comparison",
-                     "plot_randomization", "plot_diagnosis", "plot_feature_evolution"):  # fmt: skip
+                     "plot_randomization", "plot_diagnosis", "plot_feature_evolution", "plot_exemplars",
+                     "plot_class_units", "plot_class_histogram", "plot_selectivity"):  # fmt: skip
         assert any(name.startswith(f"{function}-") for name in names), function
     assert len(CASES) >= 100, len(CASES)
 

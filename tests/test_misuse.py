@@ -25,12 +25,16 @@ from torch.utils.data import DataLoader
 
 from captum_deconvviz import (
     EngineGuidedBackprop,
+    ExemplarAgreement,
     MiningResult,
     NeuronEngineGuidedBackprop,
     NeuronZFDeconvolution,
     ZFDeconvolution,
+    class_unit_rows,
     compare_methods,
     diagnose,
+    exemplar_agreement,
+    exemplar_rows,
     mine_topk,
     plot_filters,
     plot_topk,
@@ -41,7 +45,10 @@ from captum_deconvviz import (
     receptive_field_table,
     renormalize_filters_,
     track_features,
+    write_explorer,
 )
+from captum_deconvviz.exemplars import class_stats, quantile_rows, ranking_rows, selectivity_index
+from captum_deconvviz.mining_result import Crops
 
 matplotlib.use("Agg")
 
@@ -79,6 +86,9 @@ class Env:
     result: MiningResult
     saved: Path
     tmp: Path
+    labels: torch.Tensor  # 12 labels of classes 0, 1, 2 and 4 (class 3 has no image)
+    labelled: MiningResult  # labels, by_class, bottom_k=3, quantiles: every exemplar statistic by activation
+    relevance: MiningResult  # labels, rank_by="relevance", target="label" (no by_class, no bottom_k)
 
     def units(self, *rows: tuple[int, ...]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long)
@@ -97,7 +107,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     (tmp / "garbage.pt").write_bytes(b"\x00garbage" * 50)
     torch.save({"weights": torch.ones(2)}, tmp / "state.pt")
     (tmp / "folder.pt").mkdir()
-    return Env(model, data[:2].clone(), data, result, saved, tmp)
+    labels = torch.tensor([0, 1, 2, 4] * 3)
+    layers = ["features.2", "features.5"]
+    labelled = mine_topk(model, layers, data, k=3, labels=labels, by_class=True, bottom_k=3, quantiles=True,
+                         progress=False)  # fmt: skip
+    relevance = mine_topk(model, ["features.5"], data, k=3, labels=labels, rank_by="relevance", target="label",
+                          progress=False)  # fmt: skip
+    return Env(model, data[:2].clone(), data, result, saved, tmp, labels, labelled, relevance)
 
 
 def nan_images(shape: tuple[int, ...] = (2, *IMAGE), value: float = float("nan")) -> torch.Tensor:
@@ -556,6 +572,388 @@ case(
 case("track_features-scripted", lambda e: track_features([e.model, scripted()], e.data, "features.2", [0]), "[1]")
 
 
+# -- Exemplars: mine_topk's exemplar arguments -------------------------------------------------
+
+
+class _NoLabels(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Images alone, no ``(image, label)`` items: ``labels=True`` has nothing to read."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.data[index]
+
+
+def _long(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+RELEVANCE: dict[str, Any] = {"rank_by": "relevance", "target": 0}
+EXEMPLAR_MINE_CASES: list[tuple[str, Callable[[Env], dict[str, Any]], str]] = [
+    ("labels-list", lambda e: {"labels": e.labels.tolist()}, "labels"),
+    ("labels-numpy", lambda e: {"labels": e.labels.numpy()}, "labels"),
+    ("labels-string", lambda e: {"labels": "yes"}, "labels"),
+    ("labels-int", lambda e: {"labels": 3}, "labels"),
+    ("labels-float", lambda e: {"labels": e.labels.float()}, "labels"),
+    ("labels-bool-tensor", lambda e: {"labels": e.labels > 0}, "labels"),
+    ("labels-two-dims", lambda e: {"labels": e.labels.view(12, 1)}, "labels"),
+    ("labels-too-few", lambda e: {"labels": e.labels[:5]}, "labels"),
+    ("labels-too-many", lambda e: {"labels": torch.cat([e.labels, e.labels])}, "labels"),
+    ("labels-below-minus-one", lambda e: {"labels": e.labels - 2}, "labels"),
+    ("labels-meta", lambda e: {"labels": e.labels.to("meta")}, "labels"),
+    ("labels-huge-class", lambda e: {"labels": torch.cat([e.labels[:11], _long(2**40)])}, "labels"),
+    ("labels-true-on-a-tensor", lambda e: {"labels": True}, "labels"),
+    ("labels-true-without-labels", lambda e: {"labels": True, "data": _NoLabels(e.data)}, "labels"),
+    ("by-class-string", lambda e: {"labels": e.labels, "by_class": "yes"}, "by_class"),
+    ("by-class-int", lambda e: {"labels": e.labels, "by_class": 1}, "by_class"),
+    ("by-class-without-labels", lambda e: {"by_class": True}, "labels"),
+    ("bottom-k-negative", lambda e: {"bottom_k": -1}, "bottom_k"),
+    ("bottom-k-bool", lambda e: {"bottom_k": True}, "bottom_k"),
+    ("bottom-k-float", lambda e: {"bottom_k": 3.0}, "bottom_k"),
+    ("bottom-k-string", lambda e: {"bottom_k": "3"}, "bottom_k"),
+    ("bottom-k-huge", lambda e: {"bottom_k": 2**40}, "bottom_k"),
+    ("rank-by-typo", lambda e: {"rank_by": "gradient"}, "rank_by"),
+    ("rank-by-none", lambda e: {"rank_by": None}, "rank_by"),
+    ("rank-by-bool", lambda e: {"rank_by": True}, "rank_by"),
+    ("target-without-relevance", lambda e: {"target": 0}, "target"),
+    ("target-label-without-relevance", lambda e: {"labels": e.labels, "target": "label"}, "target"),
+    ("relevance-target-missing", lambda e: {"rank_by": "relevance"}, "target"),
+    ("relevance-target-negative", lambda e: RELEVANCE | {"target": -1}, "target"),
+    ("relevance-target-bool", lambda e: RELEVANCE | {"target": True}, "target"),
+    ("relevance-target-float", lambda e: RELEVANCE | {"target": 1.5}, "target"),
+    ("relevance-target-typo", lambda e: RELEVANCE | {"target": "labels"}, "target"),
+    ("relevance-target-tensor", lambda e: RELEVANCE | {"target": torch.tensor(1)}, "target"),
+    ("relevance-target-out-of-range", lambda e: RELEVANCE | {"target": 5}, "target"),
+    ("relevance-target-label-without-labels", lambda e: RELEVANCE | {"target": "label"}, "labels"),
+    (
+        "relevance-target-label-unlabelled-image",
+        lambda e: RELEVANCE | {"target": "label", "labels": torch.cat([e.labels[:11], _long(-1)])},
+        "label",
+    ),
+    ("relevance-verify", lambda e: RELEVANCE | {"verify": True}, "verify"),
+    (
+        "relevance-output-not-classes",
+        lambda e: RELEVANCE | {"model": nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "layers": ["0"]},
+        "rank_by",
+    ),
+    ("relevance-data-nan", lambda e: RELEVANCE | {"data": nan_images((4, *IMAGE))}, "data"),
+    ("relevance-data-inf", lambda e: RELEVANCE | {"data": nan_images((4, *IMAGE), float("inf"))}, "data"),
+    ("labels-data-nan", lambda e: {"labels": e.labels[:4], "data": nan_images((4, *IMAGE))}, "data"),
+    ("class-top-n-below-k", lambda e: {"labels": e.labels, "k": 3, "class_top_n": 2}, "class_top_n"),
+    ("class-top-n-bool", lambda e: {"labels": e.labels, "class_top_n": True}, "class_top_n"),
+    ("class-top-n-float", lambda e: {"labels": e.labels, "class_top_n": 50.0}, "class_top_n"),
+    ("class-top-n-without-labels", lambda e: {"class_top_n": 50}, "class_top_n"),
+    ("quantiles-string", lambda e: {"quantiles": "yes"}, "quantiles"),
+    ("quantiles-int", lambda e: {"quantiles": 1}, "quantiles"),
+    ("quantiles-tuple", lambda e: {"quantiles": (0.5,)}, "quantiles"),
+    ("max-exemplar-bytes-negative", lambda e: {"max_exemplar_bytes": -1}, "max_exemplar_bytes"),
+    ("max-exemplar-bytes-bool", lambda e: {"max_exemplar_bytes": True}, "max_exemplar_bytes"),
+    ("max-exemplar-bytes-float", lambda e: {"max_exemplar_bytes": 1e9}, "max_exemplar_bytes"),
+    ("max-exemplar-bytes-too-small", lambda e: {"bottom_k": 3, "max_exemplar_bytes": 10}, "max_exemplar_bytes"),
+]
+for what, make_kwargs, names in EXEMPLAR_MINE_CASES:
+    errors = (*VALUE_OR_TYPE, FloatingPointError) if "data-" in what else VALUE_OR_TYPE
+    case(f"mine_topk-{what}", lambda e, mk=make_kwargs: _mine(e, **mk(e)), names, errors)
+
+
+# -- Exemplars: MiningResult's records of every kind, class statistics, class units -------------
+
+
+def _gone(e: Env) -> Any:
+    result = MiningResult.load(e.saved)
+    result.meta["explorer"] = str(e.tmp / "gone" / "index.html")
+    return result.open_explorer()
+
+
+L2, L5 = "features.2", "features.5"
+for what, call, names in [
+    ("records-kind-typo", lambda e: e.labelled.records(L2, 0, kind="bottm"), "kind"),
+    ("records-kind-none", lambda e: e.labelled.records(L2, 0, kind=None), "kind"),
+    ("records-kind-list", lambda e: e.labelled.records(L2, 0, kind=["top"]), "kind"),
+    ("records-bottom-not-mined", lambda e: e.result.records(L2, 0, kind="bottom"), "bottom_k"),
+    ("records-quantile-not-mined", lambda e: e.result.records(L2, 0, kind="quantile", q=0.5), "quantiles"),
+    ("records-quantile-without-q", lambda e: e.labelled.records(L2, 0, kind="quantile"), "q"),
+    ("records-q-above-one", lambda e: e.labelled.records(L2, 0, kind="quantile", q=1.5), "q"),
+    ("records-q-negative", lambda e: e.labelled.records(L2, 0, kind="quantile", q=-0.1), "q"),
+    ("records-q-nan", lambda e: e.labelled.records(L2, 0, kind="quantile", q=float("nan")), "q"),
+    ("records-q-string", lambda e: e.labelled.records(L2, 0, kind="quantile", q="0.5"), "q"),
+    ("records-q-bool", lambda e: e.labelled.records(L2, 0, kind="quantile", q=True), "q"),
+    ("records-q-with-top", lambda e: e.labelled.records(L2, 0, q=0.5), "q"),
+    ("records-cls-with-bottom", lambda e: e.labelled.records(L2, 0, kind="bottom", cls=0), "cls"),
+    ("records-cls-not-mined", lambda e: e.result.records(L2, 0, cls=0), "cls"),
+    ("records-cls-labels-without-by-class", lambda e: e.relevance.records(L5, 0, cls=0), "by_class"),
+    ("records-cls-out-of-range", lambda e: e.labelled.records(L2, 0, cls=99), "cls"),
+    ("records-cls-negative", lambda e: e.labelled.records(L2, 0, cls=-1), "cls"),
+    ("records-cls-bool", lambda e: e.labelled.records(L2, 0, cls=True), "cls"),
+    ("records-cls-float", lambda e: e.labelled.records(L2, 0, cls=1.0), "cls"),
+    ("records-cls-string", lambda e: e.labelled.records(L2, 0, cls="cat"), "cls"),
+    ("records-bottom-channel-out-of-range", lambda e: e.labelled.records(L2, 8, kind="bottom"), "channel"),
+    ("records-bottom-layer-unknown", lambda e: e.labelled.records("features.9", 0, kind="bottom"), "layer"),
+    ("patches-kind-typo", lambda e: e.labelled.patches(e.data, L2, 0, kind="middle"), "kind"),
+    ("patches-bottom-not-mined", lambda e: e.result.patches(e.data, L2, 0, kind="bottom"), "bottom_k"),
+    ("patches-q-out-of-range", lambda e: e.labelled.patches(e.data, L2, 0, kind="quantile", q=2), "q"),
+    ("patches-quantile-without-q", lambda e: e.labelled.patches(e.data, L2, 0, kind="quantile"), "q"),
+    ("patches-cls-out-of-range", lambda e: e.labelled.patches(e.data, L2, 0, cls=5), "cls"),
+    (
+        "patches-bottom-data-other",
+        lambda e: e.labelled.patches(torch.randn(12, *IMAGE), L2, 0, kind="bottom"),
+        "data",
+    ),
+    ("projections-kind-typo", lambda e: e.labelled.projections(e.model, e.data, L2, 0, kind="worst"), "kind"),
+    (
+        "projections-bottom-not-mined",
+        lambda e: e.result.projections(e.model, e.data, L2, 0, kind="bottom"),
+        "bottom_k",
+    ),
+    ("projections-cls-bool", lambda e: e.labelled.projections(e.model, e.data, L2, 0, cls=True), "cls"),
+    (
+        "projections-q-nan",
+        lambda e: e.labelled.projections(e.model, e.data, L2, 0, kind="quantile", q=float("nan")),
+        "q",
+    ),
+    (
+        "projections-bottom-other-model",
+        lambda e: e.labelled.projections(Other(), e.data, L5, 0, kind="bottom"),
+        "model",
+    ),
+    ("class-stats-no-labels", lambda e: e.result.class_stats(L2), "labels"),
+    ("class-stats-layer-unknown", lambda e: e.labelled.class_stats("features.9"), "layer"),
+    ("class-stats-layer-module", lambda e: e.labelled.class_stats(e.model.features[2]), "layer"),
+    ("class-stats-layer-int", lambda e: e.labelled.class_stats(2), "layer"),
+    ("class-units-not-relevance", lambda e: e.labelled.class_units(L5, 0), "rank_by"),
+    ("class-units-no-labels", lambda e: e.result.class_units(L5, 0), "labels"),
+    ("class-units-layer-unknown", lambda e: e.relevance.class_units(L2, 0), "layer"),
+    ("class-units-cls-out-of-range", lambda e: e.relevance.class_units(L5, 99), "cls"),
+    ("class-units-cls-negative", lambda e: e.relevance.class_units(L5, -1), "cls"),
+    ("class-units-cls-bool", lambda e: e.relevance.class_units(L5, False), "cls"),
+    ("class-units-cls-string", lambda e: e.relevance.class_units(L5, "0"), "cls"),
+    ("class-units-cls-without-images", lambda e: e.relevance.class_units(L5, 3), "cls=3"),
+    ("class-units-n-zero", lambda e: e.relevance.class_units(L5, 0, n=0), "n"),
+    ("class-units-n-too-many", lambda e: e.relevance.class_units(L5, 0, n=99), "n"),
+    ("class-units-n-bool", lambda e: e.relevance.class_units(L5, 0, n=True), "n"),
+    ("class-units-n-float", lambda e: e.relevance.class_units(L5, 0, n=2.0), "n"),
+    ("open-explorer-never-written", lambda e: e.result.open_explorer(), "write_explorer"),
+    ("open-explorer-gone", _gone, "gone"),
+]:
+    case(f"MiningResult.{what}", call, names)
+
+
+# -- Exemplars: the public helpers of captum_deconvviz.exemplars --------------------------------
+
+MEANS = torch.tensor([[3.0, 1.0, 1.0], [1.0, 2.0, float("nan")]], dtype=torch.float64)
+for what, call, names in [
+    ("selectivity_index-list", lambda e: selectivity_index(MEANS.tolist()), "class_means"),
+    ("selectivity_index-one-dim", lambda e: selectivity_index(MEANS[0]), "class_means"),
+    ("selectivity_index-three-dims", lambda e: selectivity_index(MEANS[None]), "class_means"),
+    (
+        "selectivity_index-no-classes",
+        lambda e: selectivity_index(torch.zeros(2, 0, dtype=torch.float64)),
+        "class_means",
+    ),
+    ("selectivity_index-long", lambda e: selectivity_index(torch.ones(2, 3, dtype=torch.long)), "class_means"),
+    ("selectivity_index-inf", lambda e: selectivity_index(MEANS.clone().fill_(float("inf"))), "class_means"),
+    ("selectivity_index-meta", lambda e: selectivity_index(MEANS.to("meta")), "class_means"),
+    ("class_stats-state-none", lambda e: class_stats(None, None), "state"),
+    ("class_stats-class-names-string", lambda e: class_stats(e.labelled._state(L2)[1].exemplars, "abc"), "class_names"),
+    ("ClassStats.name-string", lambda e: e.labelled.class_stats(L2).name("cat"), "cls"),
+    ("ClassStats.name-float", lambda e: e.labelled.class_stats(L2).name(1.5), "cls"),
+    (
+        "quantile_rows-q-above-one",
+        lambda e: quantile_rows(torch.ones(4), torch.zeros(4, dtype=torch.long), 1.5, 2, 4),
+        "q",
+    ),
+    ("quantile_rows-k-zero", lambda e: quantile_rows(torch.ones(4), torch.zeros(4, dtype=torch.long), 0.5, 0, 4), "k"),
+    (
+        "quantile_rows-lengths",
+        lambda e: quantile_rows(torch.ones(4), torch.zeros(3, dtype=torch.long), 0.5, 2, 4),
+        "position",
+    ),
+    ("quantile_rows-list", lambda e: quantile_rows([1.0, 2.0], [0, 0], 0.5, 2, 4), "best"),
+    (
+        "ranking_rows-width-zero",
+        lambda e: ranking_rows(torch.ones(2), torch.zeros(2, dtype=torch.long), 4, 0),
+        "width",
+    ),
+    ("ranking_rows-lengths", lambda e: ranking_rows(torch.ones(2), torch.zeros(3, dtype=torch.long), 4, 2), "key"),
+]:
+    case(f"exemplars.{what}", call, names)
+
+
+# -- Exemplars: rows for the figures, agreement with Guided Backprop ----------------------------
+
+
+def _rows(e: Env, **kwargs: Any) -> Any:
+    args: dict[str, Any] = {"result": e.labelled, "data": e.data, "layer": L2, "channel": 0} | kwargs
+    return exemplar_rows(**args)
+
+
+for what, kwargs, names in [
+    ("result-dict", {"result": {}}, "result"),
+    ("result-none", {"result": None}, "result"),
+    ("layer-unknown", {"layer": "features.9"}, "layer"),
+    ("channel-list", {"channel": [0, 1]}, "channel"),
+    ("channel-tensor", {"channel": torch.tensor([0, 1])}, "channel"),
+    ("channel-bool", {"channel": True}, "channel"),
+    ("channel-out-of-range", {"channel": 8}, "channel"),
+    ("channel-negative", {"channel": -1}, "channel"),
+    ("channel-float", {"channel": 1.0}, "channel"),
+    ("kinds-typo", {"kinds": "middle"}, "kinds"),
+    ("kinds-quantile", {"kinds": ["quantile"]}, "kinds"),
+    ("kinds-int", {"kinds": 3}, "kinds"),
+    ("kinds-bottom-not-mined", {"result": "plain", "kinds": ["top", "bottom"]}, "bottom_k"),
+    ("kinds-empty", {"kinds": []}, "kinds"),
+    ("quantiles-float", {"quantiles": 0.5}, "quantiles"),
+    ("quantiles-string", {"quantiles": "0.5"}, "quantiles"),
+    ("quantiles-above-one", {"quantiles": (0.5, 1.5)}, "quantiles[1]"),
+    ("quantiles-nan", {"quantiles": (float("nan"),)}, "quantiles[0]"),
+    ("quantiles-not-mined", {"result": "plain", "quantiles": (0.5,)}, "quantiles"),
+    ("classes-int", {"classes": 3}, "classes"),
+    ("classes-out-of-range", {"classes": (0, 99)}, "classes[1]"),
+    ("classes-negative", {"classes": (-1,)}, "classes[0]"),
+    ("classes-bool", {"classes": (True,)}, "classes[0]"),
+    ("classes-not-mined", {"result": "plain", "classes": (0,)}, "classes"),
+    ("data-other", {"data": torch.randn(12, *IMAGE)}, "data"),
+    ("data-shorter", {"data": "short"}, "data"),
+    ("data-nan", {"data": nan_images((12, *IMAGE))}, "data"),
+    ("model-other", {"model": "other"}, "model"),
+    ("model-string", {"model": "net"}, "model"),
+]:
+
+    def _exemplar_rows(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        if kw.get("result") == "plain":
+            kw["result"] = e.result
+        if kw.get("data") == "short":
+            kw["data"] = e.data[:5]
+        if kw.get("model") == "other":
+            kw["model"], kw["layer"] = Other(), L5
+        return _rows(e, **kw)
+
+    case(f"exemplar_rows-{what}", _exemplar_rows, names)
+
+
+for what, kwargs, names in [
+    ("result-none", {"result": None}, "result"),
+    ("not-relevance", {"result": "labelled"}, "rank_by"),
+    ("no-labels", {"result": "plain"}, "labels"),
+    ("layer-unknown", {"layer": L2}, "layer"),
+    ("cls-out-of-range", {"cls": 99}, "cls"),
+    ("cls-bool", {"cls": True}, "cls"),
+    ("cls-string", {"cls": "cat"}, "cls"),
+    ("cls-without-images", {"cls": 3}, "cls=3"),
+    ("n-zero", {"n": 0}, "n"),
+    ("n-bool", {"n": True}, "n"),
+    ("n-too-many", {"n": 17}, "n"),
+    ("within-class-string", {"within_class": "yes"}, "within_class"),
+    ("within-class-not-mined", {"within_class": True}, "by_class"),
+    ("data-other", {"data": torch.randn(12, *IMAGE)}, "data"),
+    ("model-other", {"model": "other"}, "model"),
+]:
+
+    def _class_unit_rows(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        kw["result"] = {"labelled": e.labelled, "plain": e.result}.get(kw.get("result"), kw.get("result", e.relevance))
+        if kw.get("model") == "other":
+            kw["model"] = Other()
+        return class_unit_rows(**({"data": e.data, "layer": L5, "cls": 0} | kw))
+
+    case(f"class_unit_rows-{what}", _class_unit_rows, names)
+
+
+for what, kwargs, names in [
+    ("result-dict", {"result": {}}, "result"),
+    ("model-other", {"model": "other"}, "model"),
+    ("model-string", {"model": "net"}, "model"),
+    ("model-meta", {"model": "meta"}, "model"),
+    ("model-and-data-other", {"model": "other", "data": "other"}, "data"),
+    ("data-other", {"data": "other"}, "data"),
+    ("data-shorter", {"data": "short"}, "data"),
+    ("data-nan", {"data": "nan"}, "data"),
+    ("data-list", {"data": "list"}, "data"),
+    ("layer-unknown", {"layer": "features.9"}, "layer"),
+    ("layer-int", {"layer": 2}, "layer"),
+    ("layer-module", {"layer": "module"}, "layer"),
+    ("channels-out-of-range", {"channels": 16}, "channels"),
+    ("channels-negative", {"channels": [-1]}, "channels"),
+    ("channels-empty", {"channels": []}, "channels"),
+    ("channels-bool", {"channels": True}, "channels"),
+    ("channels-float", {"channels": 1.5}, "channels"),
+    ("channels-string", {"channels": "0"}, "channels"),
+    ("channels-float-in-list", {"channels": [0, 1.5]}, "channels[1]"),
+    ("seed-typo", {"seed": "ones"}, "seed"),
+    ("seed-none", {"seed": None}, "seed"),
+]:
+
+    def _agreement(e: Env, kw: dict[str, Any] = kwargs) -> Any:
+        kw = dict(kw)
+        kw["model"] = {"other": Other, "meta": meta_net}.get(kw.get("model", ""), lambda: kw.get("model", e.model))()
+        data = {"other": lambda: torch.randn(12, *IMAGE), "short": lambda: e.data[:5], "list": lambda: list(e.data)}
+        data["nan"] = lambda: nan_images((12, *IMAGE))
+        kw["data"] = data.get(kw.get("data", ""), lambda: e.data)()
+        if kw.get("layer") == "module":
+            kw["layer"] = e.model.features[5]
+        return exemplar_agreement(**({"result": e.result, "layer": L5, "channels": [0, 1]} | kw))
+
+    case(f"exemplar_agreement-{what}", _agreement, names)
+
+
+def _agreement_result() -> ExemplarAgreement:
+    values = torch.zeros(1, 3, dtype=torch.float64)
+    crops = Crops(torch.zeros(1, 3, 3, 4, 4), torch.ones(1, 3, 4, 4, dtype=torch.bool))
+    return ExemplarAgreement(L5, (0,), "activation", values, values, values, crops, crops)
+
+
+case("ExemplarAgreement.mean-metric-typo", lambda e: _agreement_result().mean("ssimm"), "metric")
+case("ExemplarAgreement.mean-metric-none", lambda e: _agreement_result().mean(None), "metric")
+
+
+# -- Exemplars: the offline explorer -------------------------------------------------------------
+
+
+def _explorer(e: Env, **kwargs: Any) -> Any:
+    args: dict[str, Any] = {"out": e.tmp / "explorer", "model": e.model, "data": e.data, "result": e.result,
+                            "progress": False} | kwargs  # fmt: skip
+    return write_explorer(**args)
+
+
+for what, make_kwargs, names in [
+    ("out-is-a-file", lambda e: {"out": e.tmp / "a_file"}, "out"),
+    ("out-parent-is-a-file", lambda e: {"out": e.tmp / "a_file" / "explorer"}, "out"),
+    ("out-unwritable", lambda e: {"out": Path("/proc/deconvviz-explorer")}, "out"),
+    ("out-int", lambda e: {"out": 3}, "out"),
+    ("out-none", lambda e: {"out": None}, "out"),
+    ("model-other", lambda e: {"model": Other()}, "model"),
+    ("model-string", lambda e: {"model": "net"}, "model"),
+    ("model-scripted", lambda e: {"model": scripted()}, "model"),
+    ("data-other", lambda e: {"data": torch.randn(12, *IMAGE)}, "data"),
+    ("data-shorter", lambda e: {"data": e.data[:5]}, "data"),
+    ("data-nan", lambda e: {"data": nan_images((12, *IMAGE))}, "data"),
+    ("data-list", lambda e: {"data": list(e.data)}, "data"),
+    ("model-and-data-other", lambda e: {"model": Other(), "data": torch.randn(12, *IMAGE)}, "data"),
+    ("result-dict", lambda e: {"result": {}}, "result"),
+    ("result-none", lambda e: {"result": None}, "result"),
+    ("title-int", lambda e: {"title": 3}, "title"),
+    ("denormalize-string", lambda e: {"denormalize": "imagenet"}, "denormalize"),
+    ("first-layer-string", lambda e: {"first_layer": "features.0"}, "first_layer"),
+    ("first-layer-linear", lambda e: {"first_layer": e.model.fc}, "first_layer"),
+    ("image-labels-too-few", lambda e: {"image_labels": ["a", "b"]}, "image_labels"),
+    ("image-labels-string", lambda e: {"image_labels": "abcdefghijkl"}, "image_labels"),
+    ("command-string", lambda e: {"command": "deconvviz report"}, "command"),
+    ("command-ints", lambda e: {"command": [1, 2]}, "command"),
+    ("model-name-int", lambda e: {"model_name": 3}, "model_name"),
+    ("data-name-none", lambda e: {"data_name": None}, "data_name"),
+    ("diagnosis-result", lambda e: {"diagnosis": e.result}, "diagnosis"),
+    ("comparison-dict", lambda e: {"comparison": {}}, "comparison"),
+    ("guided-string", lambda e: {"guided": "yes"}, "guided"),
+    ("progress-string", lambda e: {"progress": "no"}, "progress"),
+]:
+    case(f"write_explorer-{what}", lambda e, mk=make_kwargs: _explorer(e, **mk(e)), names)
+
+
 def _raised_here(err: BaseException) -> bool:
     """Whether the innermost frame of ``err``'s traceback is this package's code."""
     frames = traceback.extract_tb(err.__traceback__)
@@ -638,3 +1036,19 @@ def test_seed_alone_or_equal_to_random_state_is_only_deprecated(env: Env) -> Non
         with pytest.warns(DeprecationWarning, match="random_state"):
             got = randomization_test(env.model, **kwargs, **given).similarity
         assert repr(got) == repr(expected)
+
+
+def test_a_refused_explorer_writes_nothing(env: Env, tmp_path: Path) -> None:
+    out = tmp_path / "explorer"
+    with pytest.raises(ValueError, match="data has 5 images"):
+        write_explorer(out, env.model, env.data[:5], env.result, progress=False)
+    with pytest.raises(TypeError, match="image_labels"):
+        write_explorer(out, env.model, env.data, env.result, image_labels="abc", progress=False)
+    assert not out.exists()
+
+
+def test_exemplar_rows_take_every_mined_class(env: Env) -> None:
+    rows = exemplar_rows(env.labelled, env.data, L2, 0, kinds=[], classes=(3, 4))
+    assert [len(row.records) for row in rows] == [0, 3]  # no image is of class 3; 3 are of class 4
+    selectivity, top = selectivity_index(MEANS)  # NaN still marks a class without images
+    assert top.tolist() == [0, 1] and selectivity[0].item() == 0.5
