@@ -10,7 +10,10 @@ untouched.
 from __future__ import annotations
 
 import copy
+import re
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,20 +21,26 @@ import torch
 from torch import Tensor, nn
 
 from captum_deconvviz import (
+    Crops,
     EngineGuidedBackprop,
     MiningResult,
     NeuronEngineGuidedBackprop,
     NeuronZFDeconvolution,
     ZFDeconvolution,
+    class_unit_rows,
     compare_methods,
     diagnose,
+    exemplar_agreement,
+    exemplar_rows,
     mine_topk,
     project_records,
     project_units,
     randomization_test,
     receptive_field,
     track_features,
+    write_explorer,
 )
+from captum_deconvviz._exemplar_records import ExemplarRow
 from captum_deconvviz._taps import layer_activations
 
 
@@ -68,6 +77,55 @@ def _mined(model: nn.Module) -> MiningResult:
     return mine_topk(model, ["2", "7"], X, k=2, progress=False)
 
 
+LABELS = torch.tensor([0, 1, 2, 3, 0, 1])  # the model has 4 classes
+
+
+def _exemplars_mined(model: nn.Module) -> MiningResult:
+    return mine_topk(model, ["2", "7"], X, k=2, labels=LABELS, by_class=True, bottom_k=2, quantiles=True,
+                     progress=False)  # fmt: skip
+
+
+def _relevance_mined(model: nn.Module) -> MiningResult:
+    return mine_topk(model, ["2", "7"], X, k=2, labels=LABELS, rank_by="relevance", target="label", by_class=True,
+                     progress=False)  # fmt: skip
+
+
+def _exemplars(result: MiningResult) -> list[Any]:
+    """Every kind of record of every channel, and the class statistics."""
+    out: list[Any] = []
+    for layer in result.layers:
+        stats = result.class_stats(layer)
+        out += [stats.histogram, stats.class_means, stats.selectivity, stats.top_class]
+        for c in range(result.channels(layer)):
+            out += [result.records(layer, c), result.records(layer, c, kind="bottom"),
+                    result.records(layer, c, kind="quantile", q=0.5), result.records(layer, c, cls=1)]  # fmt: skip
+    return out
+
+
+def _relevance(result: MiningResult) -> list[Any]:
+    out: list[Any] = [result.records(layer, c) for layer in result.layers for c in range(result.channels(layer))]
+    return out + [result.class_units(layer, cls, n=3) for layer in result.layers for cls in range(4)]
+
+
+def _rows(rows: list[ExemplarRow]) -> list[Any]:
+    return [(row.records, row.patches.images, row.projections.images if row.projections else None, row.title,
+             row.figure_title) for row in rows]  # fmt: skip
+
+
+def _agreement(agreement: Any) -> list[Any]:
+    return [getattr(agreement, name) for name in ("spearman", "spearman_abs", "ssim", "deconv", "guided")]
+
+
+def _explorer(model: nn.Module) -> dict[str, Any]:
+    """Every file of a small explorer (no Guided Backprop), the page's time of writing left out."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "explorer"
+        write_explorer(out, model, X, _mined(model), command=["test"], guided=False, progress=False)
+        files: dict[str, Any] = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        files["index.html"] = re.sub(rb'"made": ?"[^"]*"|Made [0-9T:-]+ ', b"", files["index.html"])
+        return files
+
+
 CALLS: dict[str, Callable[[nn.Module], Any]] = {
     "ZFDeconvolution": lambda m: ZFDeconvolution(m).attribute(X, target=1),
     "EngineGuidedBackprop": lambda m: EngineGuidedBackprop(m).attribute(X, target=2),
@@ -86,12 +144,29 @@ CALLS: dict[str, Callable[[nn.Module], Any]] = {
     "diagnose": lambda m: diagnose(m, X).table(),
     "track_features": lambda m: track_features([m], X, "7", [0, 1]).projections[0].images,
     "layer_activations": lambda m: layer_activations(m, ["7"], X)["7"],
+    "mine_topk-exemplars": lambda m: _exemplars(_exemplars_mined(m)),
+    "mine_topk-relevance": lambda m: _relevance(_relevance_mined(m)),
+    "exemplar_agreement": lambda m: _agreement(exemplar_agreement(_mined(m), m, X, "7", [0, 3])),
+    "exemplar_rows": lambda m: _rows(
+        exemplar_rows(_exemplars_mined(m), X, "7", 1, model=m, quantiles=(0.5,), classes=(0,))
+    ),
+    "class_unit_rows": lambda m: _rows(
+        class_unit_rows(_relevance_mined(m), X, "7", 0, model=m, n=2, within_class=True)
+    ),
+    "write_explorer": _explorer,
 }
 
 
 def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor):
-        return isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, Tensor):  # NaN (a class without images, a metric without a value) equals NaN
+        return (
+            isinstance(b, Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all())
+        )
+    if isinstance(a, Crops):
+        return isinstance(b, Crops) and _equal(a.images, b.images) and _equal(a.mask, b.mask)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
@@ -151,6 +226,10 @@ def test_a_failing_call_restores_modes_and_buffers(snapshot: Any) -> None:
     before = snapshot(model)
     with pytest.raises(ValueError, match="units"):
         project_units(model, "7", X, torch.full((6, 3), 99), crop=False)
+    before.assert_unchanged(model)
+    # Refused only once the first batch's output shows the model's classes: after a forward and a backward.
+    with pytest.raises(ValueError, match="target 9 is out of range"):
+        mine_topk(model, "7", X, k=2, labels=LABELS, rank_by="relevance", target=9, bottom_k=1, progress=False)
     before.assert_unchanged(model)
 
 
