@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ._layer_crops import window
 from .mining_result import MiningResult, Record
 from .receptive_field import ReceptiveField
 
@@ -19,7 +20,6 @@ __all__ = [
     "FORMAT",
     "ImageSlots",
     "agreement_columns",
-    "cell_size",
     "class_columns",
     "class_names",
     "embed_json",
@@ -28,7 +28,6 @@ __all__ = [
     "numbers",
     "record_rows",
     "stats_columns",
-    "window",
 ]
 
 #: The version of the JSON layout (``data.format``); the page's script refuses others.
@@ -84,39 +83,6 @@ class ImageSlots:
             self._slot[index] = len(self.indices)
             self.indices.append(index)
         return self._slot[index]
-
-
-def cell_size(field: ReceptiveField) -> tuple[int, ...]:
-    """The size of a layer's cells: its receptive field, but no larger than the image.
-
-    A deep layer's field can be many times the image (ResNet-18's ``layer4`` sees 435 pixels
-    of a 64-pixel image): a field-sized cell would be padding but for the image inside it,
-    and sheets, files and build time would grow with the field's area instead of the image's.
-
-    Example:
-        >>> rf = ReceptiveField((435, 435), (32, 32), (-218, -218), (64, 64), (2, 2))
-        >>> cell_size(rf)
-        (64, 64)
-    """
-    return tuple(min(s, n) for s, n in zip(field.size, field.input_size, strict=True))
-
-
-def window(field: ReceptiveField, box: Sequence[int]) -> tuple[int, ...]:
-    """Where a record's cell starts, in image pixels: the :func:`cell_size` window of ``box``
-    (half-open, as ``field.box``) that holds all of the box's part inside the image.
-
-    The cell is the box where the box fits in the image. Otherwise the window starts where
-    the box enters the image, moved back where it would end past the box: the part inside
-    the image is at most the cell's size, so it always fits.
-
-    Example:
-        >>> rf = ReceptiveField((435, 435), (32, 32), (-218, -218), (64, 64), (2, 2))
-        >>> window(rf, rf.box(1, 0))
-        (0, 0)
-    """
-    cell = cell_size(field)
-    n = len(cell)
-    return tuple(min(max(box[a], 0), box[a + n] - cell[a]) for a in range(n))
 
 
 def record_rows(records: Sequence[Record], field: ReceptiveField | None, slots: ImageSlots) -> list[list[Any]]:

@@ -8,7 +8,6 @@ images the records come from.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,21 +30,12 @@ from ._explorer_images import (
     thumbnails,
 )
 from ._figures import display_image
+from ._layer_crops import LayerCrops, cell_size, records_of
 from .mining_result import Crops, MiningResult
 
-__all__ = ["CHUNK_BYTES", "image_sheets", "layer_page"]
+__all__ = ["image_sheets", "layer_page"]
 
 _MISSING = 0.9  # light grey: a slot without a record (fewer images than k)
-#: Bytes of crops of one kind computed in one call (per layer, kind and chunk of channels).
-CHUNK_BYTES = 256 * 2**20
-
-
-def _kind_kwargs(kind: str) -> dict[str, Any]:
-    return {} if kind == "top" else {"kind": kind}
-
-
-def _records(result: MiningResult, layer: str, channel: int, kind: str) -> list[Any]:
-    return list(result.records(layer, channel, **_kind_kwargs(kind)))
 
 
 def _cells(crops: Crops, counts: Sequence[int], k: int, make: Callable[[Tensor, Tensor], np.ndarray]) -> np.ndarray:
@@ -56,58 +46,6 @@ def _cells(crops: Crops, counts: Sequence[int], k: int, make: Callable[[Tensor, 
     for row, count in enumerate(counts):
         cells[row, count:] = _MISSING
     return cells
-
-
-class _Chunks:
-    """A layer's crops of one kind, computed a chunk of channels at a time and handed out by sheet group.
-
-    One call per chunk lets records of the same image share one forward pass across many channels
-    (the whole layer, when it fits in :data:`CHUNK_BYTES`); each chunk is computed once per kind.
-    """
-
-    def __init__(self, result: MiningResult, model: nn.Module, data: Any, layer: str, kind: str, per_sheet: int):
-        self.result, self.model, self.data, self.layer, self.kind = result, model, data, layer, kind
-        k = result.k if kind == "top" else result.bottom_k
-        field = result.fields[layer]
-        assert field is not None
-        # As the result's cache reckons a computation: crops and masks, or a full-size projection per record.
-        per_channel = max(k * (result.input_shape[0] * 4 + 1) * field.size[0] * field.size[1],
-                          k * 4 * math.prod(result.input_shape))  # fmt: skip
-        self.size = per_sheet * max(1, CHUNK_BYTES // max(1, per_sheet * per_channel))
-        self.held: dict[str, tuple[int, Crops]] = {}
-
-    def __call__(self, name: str, channels: list[int]) -> Crops:
-        start = channels[0] - channels[0] % self.size
-        if name not in self.held or self.held[name][0] != start:
-            chunk = list(range(start, min(self.result.channels(self.layer), start + self.size)))
-            extra = _kind_kwargs(self.kind)
-            if name == "patch":
-                crops = self.result.patches(self.data, self.layer, chunk, **extra)
-            else:
-                rules = "guided" if name == "gbp" else "zf"
-                crops = self.result.projections(self.model, self.data, self.layer, chunk, rules=rules, **extra)
-            self.held[name] = (start, self._windows(crops, chunk))
-        first, crops = self.held[name]
-        rows = slice(channels[0] - first, channels[0] - first + len(channels))
-        return Crops(crops.images[rows], crops.mask[rows])
-
-    def _windows(self, crops: Crops, chunk: list[int]) -> Crops:
-        """Each record's :func:`~._explorer_data.window` of its receptive-field-sized crop."""
-        field = self.result.fields[self.layer]
-        assert field is not None
-        cell = data_json.cell_size(field)
-        if tuple(crops.images.shape[-2:]) == cell:  # every box fits in the image: the cell is the box
-            return crops
-        images = crops.images.new_full((*crops.images.shape[:-2], *cell), 0.0)
-        mask = crops.mask.new_zeros((*crops.mask.shape[:-2], *cell))
-        for row, channel in enumerate(chunk):
-            for slot, record in enumerate(_records(self.result, self.layer, channel, self.kind)):
-                box = field.box(record.y, record.x)
-                corner = data_json.window(field, box)
-                top, left = corner[0] - box[0], corner[1] - box[1]  # in the crop's pixels
-                images[row, slot] = crops.images[row, slot, :, top : top + cell[0], left : left + cell[1]]
-                mask[row, slot] = crops.mask[row, slot, top : top + cell[0], left : left + cell[1]]
-        return Crops(images, mask)
 
 
 def _group(
@@ -161,17 +99,18 @@ def _records_json(
     denormalize: Callable[[Tensor], Tensor] | None,
     guided: bool,
     slots: data_json.ImageSlots,
-) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]]]:
+    keep: Sequence[int] = (),
+) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]], Crops | None]:
     channels = result.channels(layer)
     k = result.k if kind == "top" else result.bottom_k
     field = result.fields.get(layer)
-    records = [_records(result, layer, c, kind) for c in range(channels)]
-    size = data_json.cell_size(field) if field is not None else (1, 1)
+    records = [records_of(result, layer, c, kind) for c in range(channels)]
+    size = cell_size(field) if field is not None else (1, 1)
     per_sheet = sheet_rows(k, size[0], size[1], channels)
     files: dict[str, list[str]] = {}
     agreement: dict[str, list[float]] = {}
     tops = []
-    fetch = _Chunks(result, model, data, layer, kind, per_sheet)
+    fetch = LayerCrops(result, model, data, layer, kind, align=per_sheet, keep=keep)
     for group, start in enumerate(range(0, channels, per_sheet)):
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
@@ -183,7 +122,7 @@ def _records_json(
         "files": files,
         "records": [data_json.record_rows(r, field, slots) for r in records],
     }
-    return payload, np.concatenate(tops), agreement
+    return payload, np.concatenate(tops), agreement, fetch.kept() if keep else None
 
 
 def layer_page(
@@ -234,16 +173,13 @@ def layer_page(
     }
     if field is None:  # no crops without a field: the table still has the statistics
         return entry, None
-    entry["top"], top1, agreement = _records_json(folder, stem, "top", result, model, data, layer, denormalize,
-                                                  guided, slots)  # fmt: skip
+    entry["top"], top1, agreement, shown = _records_json(folder, stem, "top", result, model, data, layer,
+                                                         denormalize, guided, slots, keep)  # fmt: skip
     entry["agreement"] = data_json.agreement_columns(agreement, result.channels(layer)) if guided else None
     if result.bottom_k > 0:
-        entry["bottom"], _, _ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
-                                              False, slots)  # fmt: skip
+        entry["bottom"], *_ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
+                                            False, slots)  # fmt: skip
     entry["thumbs"] = save_grid(thumbnails(top1), folder, f"{stem}_thumbs", cols=32).to_json()
-    # The hierarchy figure draws whole receptive fields (plot_hierarchy's cells), not the explorer's
-    # image-sized cells: its few channels are projected again.
-    shown = result.projections(model, data, layer, list(keep)) if keep else None
     return entry, shown
 
 

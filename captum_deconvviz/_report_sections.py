@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ._figures import display_image, mosaic, normalize_projection
+from ._layer_crops import LayerCrops
 from ._tables import to_html
 from .compare import ComparisonResult
 from .diagnose import Diagnosis
@@ -191,22 +192,20 @@ def hierarchy_section(
 def _channel_mosaics(
     result: MiningResult,
     layer: str,
-    crops: Crops,
-    projections: Crops,
+    crops: LayerCrops,
     denormalize: Callable[[Tensor], Tensor] | None,
-    guided: Crops | None = None,
-    kind: str = "top",
+    guided: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Per channel: top-k projections (left), Guided Backprop's (middle, when given) and patches (right),
+    """Per channel: top-k projections (left), Guided Backprop's (middle, with ``guided``) and patches (right),
     one array each, made as they are saved: a deep ResNet layer's 512 float64 mosaics of
-    receptive-field-sized crops took 18 GB at once. ``kind="bottom"``: the bottom-k records."""
-    k = result.k if kind == "top" else result.bottom_k
+    receptive-field-sized crops took 18 GB at once. ``crops`` says which records (top or bottom)."""
+    k = result.k if crops.kind == "top" else result.bottom_k
     for channel in range(result.channels(layer)):
-        count = len(result.records(layer, channel, kind=kind))
-        columns = [[normalize_projection(p) for p in projections.images[channel]]]
-        if guided is not None:
-            columns.append([normalize_projection(p) for p in guided.images[channel]])
-        pairs = zip(crops.images[channel], crops.mask[channel], strict=True)
+        count = len(result.records(layer, channel, kind=crops.kind))
+        names = ["zf", "gbp"] if guided else ["zf"]
+        columns = [[normalize_projection(p) for p in crops(name, [channel]).images[0]] for name in names]
+        patches = crops("patch", [channel])
+        pairs = zip(patches.images[0], patches.mask[0], strict=True)
         columns.append([display_image(img, denormalize, m) for img, m in pairs])
         for shown in columns:
             for slot in range(count, k):  # missing records: light grey
@@ -269,27 +268,28 @@ def layer_section(
     folder: Path,
     stem: str,
     result: MiningResult,
-    data: Any,
     layer: str,
-    projections: Crops,
+    crops: LayerCrops,
     denormalize: Callable[[Tensor], Tensor] | None,
     scale: int,
     image_labels: Sequence[str] | None,
-    guided: Crops | None = None,
-    bottom: tuple[Crops, Crops] | None = None,
+    guided: bool = False,
+    bottom: LayerCrops | None = None,
 ) -> str:
     """One layer: a gallery of every channel (``{stem}_cNNNN.png``) and the channel statistics.
 
-    With ``guided`` (Guided Backprop projections of the records) each mosaic has a middle panel;
-    with ``bottom`` (the bottom-k patches and projections) each channel also has
-    ``{stem}_cNNNN_bottom.png``; results mined with labels add each channel's class histogram.
+    ``crops`` hands out the top-k records' patches and projections a chunk of channels at a
+    time, in cells at most the image's size. With ``guided`` each mosaic has a middle panel
+    (the records' Guided Backprop projections); with ``bottom`` (the bottom-k records' crops)
+    each channel also has ``{stem}_cNNNN_bottom.png``; results mined with labels add each
+    channel's class histogram.
     """
     stats = result.stats(layer)
     field = result.fields.get(layer)
     field_text = f"receptive field {field.size[0]}x{field.size[1]} px, stride {field.stride[0]}" if field else ""
     figures = []
-    mosaics = _channel_mosaics(result, layer, result.patches(data, layer), projections, denormalize, guided)
-    lows = _channel_mosaics(result, layer, bottom[0], bottom[1], denormalize, kind="bottom") if bottom else None
+    mosaics = _channel_mosaics(result, layer, crops, denormalize, guided)
+    lows = _channel_mosaics(result, layer, bottom, denormalize) if bottom is not None else None
     for channel, image in enumerate(mosaics):
         name = f"{stem}_c{channel:04d}.png"
         _save_png(image, folder / name, scale)
@@ -310,7 +310,7 @@ def layer_section(
             f'alt="{_esc(layer)} channel {channel}"><figcaption>#{channel} · {_esc(best)}'
             f"{' · dead' if is_dead else ''}</figcaption>{extra}</figure>"
         )
-    panels = "its top projections (left)" + (", Guided Backprop's (middle)" if guided is not None else "")
+    panels = "its top projections (left)" + (", Guided Backprop's (middle)" if guided else "")
     low_text = f"; below, its bottom-{result.bottom_k} the same way" if bottom else ""
     hist_text = "; then the classes of its strongest images" if result.has_labels else ""
     return (

@@ -1,9 +1,10 @@
 """A static HTML report: ``index.html`` and PNGs in one folder, readable offline from disk.
 
-:func:`write_report` coordinates: it runs every projection the report shows once, per
-layer, and hands the tensors to the section writers of ``_report_sections`` and to the
-figures. Everything embedded as text (layer names, file names, labels, the command line)
-is HTML-escaped; image file names are made safe and unique.
+:func:`write_report` coordinates: it hands each layer's crops (computed once, a chunk of
+channels at a time, by :class:`~._layer_crops.LayerCrops`) to the section writers of
+``_report_sections``, and the hierarchy's projections to its figure. Everything embedded
+as text (layer names, file names, labels, the command line) is HTML-escaped; image file
+names are made safe and unique.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _report_sections as sections
+from ._layer_crops import LayerCrops
 from .diagnose import Diagnosis
 from .mining_result import Crops, MiningResult
 from .viz import hierarchy_channels
@@ -83,18 +85,18 @@ def write_report(
     hierarchy: dict[str, Crops] = {}
     galleries = []
     stems = sections.unique_stems(result.layers)
-    for layer in tqdm(result.layers, disable=not progress, desc="report", unit="layer"):
-        # One projection pass per layer; the gallery and the hierarchy figure share its tensors.
-        projections = result.projections(model, data, layer)
-        hierarchy[layer] = Crops(projections.images[shown[layer]], projections.mask[shown[layer]])
-        gbp = result.projections(model, data, layer, rules="guided") if guided else None
-        bottom = None
-        if result.bottom_k > 0:
-            bottom = (result.patches(data, layer, kind="bottom"), result.projections(model, data, layer, kind="bottom"))
-        galleries.append(
-            sections.layer_section(folder, stems[layer], result, data, layer, projections, denormalize, scale,
-                                   image_labels, gbp, bottom)
-        )  # fmt: skip
+    limit, result.cache_limit = result.cache_limit, 0  # each crop is computed once, chunk by chunk
+    try:
+        for layer in tqdm(result.layers, disable=not progress, desc="report", unit="layer"):
+            top = LayerCrops(result, model, data, layer, "top", keep=shown[layer])
+            bottom = LayerCrops(result, model, data, layer, "bottom") if result.bottom_k > 0 else None
+            galleries.append(
+                sections.layer_section(folder, stems[layer], result, layer, top, denormalize, scale, image_labels,
+                                       guided, bottom)
+            )  # fmt: skip
+            hierarchy[layer] = top.kept()  # whole receptive fields, as the hierarchy figure draws them
+    finally:
+        result.cache_limit = limit
     parts = [
         sections.header(title, result, model_name or type(model).__name__, data_name, command),
         sections.contents(result, diagnosis is not None),

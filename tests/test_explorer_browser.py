@@ -24,7 +24,7 @@ from conftest import WideExplorer
 from torch import Tensor, nn
 
 from captum_deconvviz import mine_topk, receptive_field, write_explorer
-from captum_deconvviz._explorer_data import window
+from captum_deconvviz._layer_crops import window
 from captum_deconvviz.cli import main
 from captum_deconvviz.data import ImageFiles
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, default_transform, denormalize, load_default_model

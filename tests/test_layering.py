@@ -37,7 +37,7 @@ LAYERS: dict[int, set[str]] = {
     6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures", "_class_figures"},
     7: {
         "report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train", "explorer", "_explorer_data",
-        "_explorer_images", "_explorer_pages", "_cli_commands",
+        "_explorer_images", "_explorer_pages", "_cli_commands", "_layer_crops",
     },
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import WideExplorer
 from PIL import Image
 from torch import Tensor, nn
 
 from captum_deconvviz import mine_topk
+from captum_deconvviz._figures import display_image
 from captum_deconvviz.data import ImageFiles
 from captum_deconvviz.report import write_report
 from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, default_transform, denormalize
@@ -155,3 +157,21 @@ def test_report_projects_each_record_once_and_diagnoses_from_the_result(
     assert sum(projected) == sum(len(result.records(lay, c)) for lay in layers for c in range(result.channels(lay)))
     page = (tmp_path / "index.html").read_text()
     assert "Dead filters over the 40 mined images, from the mining statistics" in page
+
+
+def test_gallery_cells_of_fields_larger_than_the_image_are_the_image(
+    tmp_path: Path, wide_explorer: WideExplorer
+) -> None:
+    """Layer 7 sees 46 px of 16-px images: its cells are 16 px, and each patch cell is its whole image."""
+    model, data, result = wide_explorer.model, wide_explorer.data, wide_explorer.result
+    write_report(tmp_path, model, data, result, progress=False, scale=1)
+    for channel in range(result.channels("7")):
+        mosaic = np.asarray(Image.open(tmp_path / f"7_c{channel:04d}.png").convert("RGB"))
+        assert mosaic.shape[0] == 2 * 17 - 1  # k=4: 2 x 2 cells of 16 px with 1-px gaps, not of 46 px
+        patches = mosaic[:, -33:]  # the last panel: the records' patches
+        for slot, record in enumerate(result.records("7", channel)):
+            r, c = divmod(slot, 2)
+            cell = patches[r * 17 : r * 17 + 16, c * 17 : c * 17 + 16].astype(int)
+            # The window of a 46-px box over a 16-px image is the image.
+            expected = (display_image(data[record.index], None) * 255).astype(int)
+            assert np.abs(cell - expected).max() <= 1, (channel, slot)
