@@ -112,6 +112,62 @@ def _too_few_steps(epochs: int, images: int, batch_size: int) -> None:
     )
 
 
+def _cifar10_root(data_root: str | None) -> str:
+    """The folder holding CIFAR-10's ``train.zip`` and ``test.zip``, or a FileNotFoundError saying where to put them."""
+    root = data_root or find_cifar10()
+    missing = [name for name in ("train.zip", "test.zip") if root is None or not (Path(root) / name).is_file()]
+    if missing or root is None:
+        where = f"in {str(root)!r}" if root is not None else "(data_root not given and find_cifar10() found none)"
+        raise FileNotFoundError(
+            f"CIFAR-10 {' and '.join(missing)} not found {where}: pass data_root or set DECONVVIZ_CIFAR10"
+        )
+    return str(root)
+
+
+def _optimizer(model: nn.Module, lr: float, steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """Nesterov SGD (weight decay on weights, not on biases and BatchNorm) under a one-cycle schedule."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _name, param in model.named_parameters():
+        (no_decay if param.dim() == 1 else decay).append(param)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    # A quarter of the steps warm up; tiny smoke runs need at least two warm-up steps.
+    warmup = max(0.25, 2.0 / steps)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
+
+
+def _train_epoch(
+    model: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    batch_size: int,
+    dev: torch.device,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+) -> float:
+    """One pass over the training images in a random order (augmented); returns the mean loss."""
+    model.train()
+    order = torch.randperm(len(train_x), generator=gen)
+    total = 0.0
+    steps = len(train_x) // batch_size
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        x = _normalize(_augment(train_x[index], gen)).to(dev).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), train_y[index].to(dev), label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += float(loss.detach())
+    return total / steps
+
+
 def train_default_model(
     epochs: int = 13,
     batch_size: int = 256,
@@ -168,33 +224,15 @@ def train_default_model(
     if limit is not None and epochs * (limit // batch_size) < 4:
         _too_few_steps(epochs, limit, batch_size)  # known before reading a single image
     torch.manual_seed(random_state)
-    root = data_root or find_cifar10()
-    missing = [name for name in ("train.zip", "test.zip") if root is None or not (Path(root) / name).is_file()]
-    if missing:
-        where = f"in {str(root)!r}" if root is not None else "(data_root not given and find_cifar10() found none)"
-        raise FileNotFoundError(
-            f"CIFAR-10 {' and '.join(missing)} not found {where}: pass data_root or set DECONVVIZ_CIFAR10"
-        )
+    root = _cifar10_root(data_root)
     train_x, train_y, _ = load_cifar10("train", limit=limit, root=root)
     test_x, test_y, _ = load_cifar10("test", root=root)
     model = ZFNetCIFAR(batch_norm=True, first_kernel=first_kernel, first_stride=first_stride)
     model = model.to(dev).to(memory_format=torch.channels_last)
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _name, param in model.named_parameters():
-        (no_decay if param.dim() == 1 else decay).append(param)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        momentum=0.9,
-        nesterov=True,
-    )
     steps = epochs * (len(train_x) // batch_size)
     if steps < 4:
         _too_few_steps(epochs, len(train_x), batch_size)
-    # A quarter of the steps warm up; tiny smoke runs need at least two warm-up steps.
-    warmup = max(0.25, 2.0 / steps)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
+    optimizer, schedule = _optimizer(model, lr, steps)
     if renormalize is not None:
         from ..diagnose import renormalize_after_step
 
@@ -202,23 +240,12 @@ def train_default_model(
     gen = torch.Generator().manual_seed(random_state)
     start = time.perf_counter()
     for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_x), generator=gen)
-        total = 0.0
-        for step in range(len(train_x) // batch_size):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            x = _normalize(_augment(train_x[index], gen)).to(dev).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(x), train_y[index].to(dev), label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach())
+        loss = _train_epoch(model, train_x, train_y, batch_size, dev, optimizer, schedule, gen)
         if checkpoints is not None:
             checkpoints.append(model.fold_batch_norm().cpu().to(memory_format=torch.contiguous_format))
         if log:
             elapsed = time.perf_counter() - start
-            print(f"epoch {epoch + 1}/{epochs}: loss {total / (step + 1):.3f}, {elapsed:.0f}s", flush=True)
+            print(f"epoch {epoch + 1}/{epochs}: loss {loss:.3f}, {elapsed:.0f}s", flush=True)
     train_seconds = time.perf_counter() - start
     folded = model.fold_batch_norm().to(dev).to(memory_format=torch.contiguous_format)
     metrics: dict[str, float | int | str] = {
