@@ -171,6 +171,20 @@ def plot_selectivity(
         ...                    progress=False)  # doctest: +SKIP
         >>> fig, ax = plot_selectivity(result, threshold=0.5, use_pyplot=False)  # doctest: +SKIP
     """
+    layers_, limit, size = _selectivity_arguments(result, layers, threshold, names, figsize, use_pyplot)
+    values, labels = _selectivity_columns(result, layers_, names, limit)
+    fig = new_figure(use_pyplot, size)
+    ax = fig.add_subplot(1, 1, 1)
+    _draw_selectivity(ax, values, labels, limit)
+    fig.tight_layout()
+    finish(fig, use_pyplot)
+    return fig, ax
+
+
+def _selectivity_arguments(
+    result: Any, layers: Any, threshold: Any, names: Any, figsize: Any, use_pyplot: Any
+) -> tuple[list[str], float | None, tuple[float, float]]:
+    """:func:`plot_selectivity`'s arguments checked: the layers, the threshold and the figure size."""
     check_type(result, "result", MiningResult, _RESULT_ORIGIN)
     layers_ = result.layers if layers is None else [layers] if isinstance(layers, str) else layers
     if not isinstance(layers_, Sequence) or not all(isinstance(n, str) for n in layers_):
@@ -186,8 +200,15 @@ def plot_selectivity(
     size = (1.3 * len(layers_) + 1.2, 3.2) if figsize is None else tuple(
         check_float(v, f"figsize[{i}]", above=0.0) for i, v in enumerate(figsize))  # fmt: skip
     check_bool(use_pyplot, "use_pyplot")
+    return list(layers_), limit, (float(size[0]), float(size[1]))
+
+
+def _selectivity_columns(
+    result: MiningResult, layers: list[str], names: Sequence[str] | None, limit: float | None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Per layer, the defined selectivity indices and the column's label (channels, n/a, share above ``limit``)."""
     values, labels = [], []
-    for i, name in enumerate(layers_):
+    for i, name in enumerate(layers):
         selectivity = _class_stats(result, name, "plot_selectivity").selectivity
         defined = selectivity[~selectivity.isnan()].numpy()
         values.append(defined)
@@ -197,8 +218,11 @@ def plot_selectivity(
         if limit is not None and len(defined):
             label += f"\n{100 * float((defined > limit).mean()):.0f}% > {limit:g}"
         labels.append(label)
-    fig = new_figure(use_pyplot, (float(size[0]), float(size[1])))
-    ax = fig.add_subplot(1, 1, 1)
+    return values, labels
+
+
+def _draw_selectivity(ax: Any, values: list[np.ndarray], labels: list[str], limit: float | None) -> None:
+    """Box plots with every channel as a point and the mean as a white diamond, one column per layer."""
     shown = [i for i, v in enumerate(values) if len(v)]
     ax.boxplot([values[i] for i in shown], positions=shown, widths=0.5, showfliers=False, whis=1.5,
                medianprops={"color": MEDIAN_COLOR, "linewidth": 1.6}, boxprops={"color": "0.35"},
@@ -212,9 +236,9 @@ def plot_selectivity(
                 markeredgewidth=0.8, label="mean" if i == shown[0] else None)  # fmt: skip
     if limit is not None:
         ax.axhline(limit, color="0.5", linestyle="--", linewidth=0.8)
-    ax.set_xticks(range(len(layers_)))
+    ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_xlim(-0.6, len(layers_) - 0.4)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
     low = min([0.0, *(float(v.min()) for v in values if len(v))])
     ax.set_ylim(bottom=low)
     ax.set_ylabel("class selectivity index", fontsize=8)
@@ -225,9 +249,6 @@ def plot_selectivity(
     if shown:
         ax.plot([], [], color=MEDIAN_COLOR, linewidth=1.6, label="median")
         ax.legend(loc="upper left", fontsize=7, frameon=False, handletextpad=0.2, borderaxespad=0.1)
-    fig.tight_layout()
-    finish(fig, use_pyplot)
-    return fig, ax
 
 
 def plot_class_units(
