@@ -9,6 +9,10 @@ finite numbers, and shape errors that name the argument.
   clean (a DeconvNet projection of a NaN output is zeros, not NaN).
 - :func:`check_dense` refuses tensors with no values to compute on: sparse ones, and
   ones on the ``meta`` device (shapes only).
+- :func:`autograd_inside` lets an entry point that runs a backward (a reverse pass, a
+  relevance, a receptive-field probe) work under the caller's ``torch.inference_mode()``:
+  it runs outside inference mode, on normal copies of the inference tensors it was given
+  (``torch.no_grad()`` needs nothing: those passes enable gradients themselves).
 - :func:`explain_call_errors` turns Python's "forward() takes 2 positional arguments
   but 3 were given", raised binding the model's own call, into a ``TypeError`` that names
   ``additional_forward_args``; a ``TypeError`` from inside the model's body passes as it is.
@@ -19,17 +23,18 @@ finite numbers, and shape errors that name the argument.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EvalMode", "check_dense", "check_finite", "explain_call_errors", "explain_shape_errors"]
+__all__ = ["EvalMode", "autograd_inside", "check_dense", "check_finite", "explain_call_errors", "explain_shape_errors"]
 
 
 class EvalMode:
@@ -134,6 +139,48 @@ def check_dense(tensor: Tensor, argname: str) -> None:
         raise ValueError(
             f"{argname} holds no values: it is on meta (the meta device keeps shapes only); pass the real tensor"
         )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _normal(value: Any) -> Any:
+    """``value`` with its inference tensors (at the top level, or in a list or tuple) cloned to normal ones."""
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if type(value) in (list, tuple) and any(isinstance(v, Tensor) and v.is_inference() for v in value):
+        return type(value)(_normal(v) for v in value)
+    return value
+
+
+def autograd_inside(function: _F) -> _F:
+    """Run an entry point that needs autograd outside the caller's ``torch.inference_mode()``.
+
+    Under inference mode no graph is recorded, even under ``torch.enable_grad()``, so a reverse
+    pass would fail with torch's "element 0 of tensors does not require grad". The entry point
+    runs with inference mode off instead (gradients as the caller had them: the backward passes
+    enable them where they run), and the inference tensors among its arguments, which autograd
+    cannot save, are cloned to normal ones first. Outside inference mode it is a plain call.
+
+    Example:
+        >>> @autograd_inside
+        ... def gradient(x):
+        ...     x = x.detach().requires_grad_(True)
+        ...     with torch.enable_grad():
+        ...         return torch.autograd.grad((x * x).sum(), x)[0]
+        >>> with torch.inference_mode():
+        ...     gradient(torch.ones(2)).tolist()
+        [2.0, 2.0]
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return function(*args, **kwargs)
+        with torch.inference_mode(False):
+            return function(*map(_normal, args), **{key: _normal(value) for key, value in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
 
 
 # Python's messages for a call whose arguments the function's signature cannot bind.

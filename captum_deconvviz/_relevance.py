@@ -8,8 +8,10 @@ and one backward per batch.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -20,11 +22,23 @@ from ._taps import as_4d
 
 __all__ = ["RelevanceTaps", "Target", "check_target"]
 
+#: Integer dtypes a 0-d tensor ``target`` may have (not bool: True is no class index).
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 Target = int | str  # a class index, "label" (each image's own) or "predicted" (each image's argmax)
 
 
 def check_target(target: Any, has_labels: bool) -> Target:
-    """``target`` of ``rank_by="relevance"``, checked (its range is checked against the output later)."""
+    """``target`` of ``rank_by="relevance"``, checked (its range is checked against the output later).
+
+    A class index may be any integer ``check_int`` takes (a numpy integer, a 0-d integer tensor),
+    returned as a Python int; a bool is not one.
+    """
+    integral = isinstance(target, numbers.Integral) and not isinstance(target, (bool, np.bool_))
+    if integral or (
+        isinstance(target, Tensor) and target.dim() == 0 and target.dtype in _INTEGER_DTYPES and not target.is_meta
+    ):
+        target = int(target)
     if isinstance(target, bool) or not (isinstance(target, (int, str))):
         raise TypeError(
             f"target must be a class index (int), 'label' or 'predicted' with rank_by='relevance', got {target!r:.80}"
@@ -84,16 +98,18 @@ class RelevanceTaps:
                 range, an image has no label with ``target="label"``, or a layer never ran.
         """
         self.outputs = {}
-        with torch.enable_grad(), explain_shape_errors(model, "data", images.shape), eager_compiled():
-            output = model(images.detach().requires_grad_(True))
-        missing = sorted(set(self.modules) - set(self.outputs))
-        if missing:
-            raise ValueError(f"layers {missing} were not called in the forward pass of the model")
-        chosen = self._targets(output, labels)
-        names = list(self.outputs)
-        grads = torch.autograd.grad(
-            output.gather(1, chosen.view(-1, 1)).sum(), [self.outputs[n] for n in names], allow_unused=True
-        )
+        # Autograd on for the forward and the backward, even under the caller's torch.no_grad().
+        with torch.enable_grad():
+            with explain_shape_errors(model, "data", images.shape), eager_compiled():
+                output = model(images.detach().requires_grad_(True))
+            missing = sorted(set(self.modules) - set(self.outputs))
+            if missing:
+                raise ValueError(f"layers {missing} were not called in the forward pass of the model")
+            chosen = self._targets(output, labels)
+            names = list(self.outputs)
+            grads = torch.autograd.grad(
+                output.gather(1, chosen.view(-1, 1)).sum(), [self.outputs[n] for n in names], allow_unused=True
+            )
         out = {}
         for name, grad in zip(names, grads, strict=True):
             acts = self.outputs[name].detach()

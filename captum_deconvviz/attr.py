@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ._checks import check_bool
 from ._forward import EvalMode, check_model, check_target, format_inputs, forward_to_layer, resolve_layer, run_forward
-from ._guard import check_finite
+from ._guard import autograd_inside, check_finite
 from ._units import NeuronSelector, Seed, check_seed, neuron_seed, reverse_from_seeds
 from .engine import ActivationPolicy, ReverseRules
 
@@ -98,6 +98,7 @@ class _RuleAttribution(_EngineMethod, GradientAttribution):
         GradientAttribution.__init__(self, model)
         self._use_engine(model, activations)
 
+    @autograd_inside
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -229,6 +230,7 @@ class _RuleNeuronAttribution(_EngineMethod, NeuronAttribution, GradientAttributi
         GradientAttribution.__init__(self, model)
         self._use_engine(model, activations)
 
+    @autograd_inside
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ._checks import check_int, show
 from ._forward import EvalMode, check_model, check_target, format_inputs, resolve_layer, run_forward
-from ._guard import check_finite, explain_shape_errors
+from ._guard import autograd_inside, check_finite, explain_shape_errors
 from ._tables import to_markdown
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 
@@ -216,6 +216,7 @@ def _check_shapes(inputs: Tensor, target: Any) -> None:
             raise ValueError(f"target has {count} entries but inputs has {inputs.shape[0]} examples")
 
 
+@autograd_inside
 def compare_methods(
     model: nn.Module,
     inputs: Tensor,
@@ -337,6 +338,7 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     return list(layers)
 
 
+@autograd_inside
 def randomization_test(
     model: nn.Module,
     inputs: Tensor,

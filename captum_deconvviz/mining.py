@@ -25,6 +25,7 @@ from ._checks import check_int
 from ._exemplar_state import state_bytes
 from ._fingerprint import dataset_fingerprint, model_fingerprint
 from ._forward import EvalMode, check_dtype, check_model, model_device, split_layer_spec
+from ._guard import autograd_inside
 from ._mining_config import MiningConfig, Nan, RankBy, Unique, mining_config
 from ._mining_folds import Folds
 from ._relevance import RelevanceTaps
@@ -37,6 +38,7 @@ from .receptive_field import ReceptiveField, receptive_field
 __all__ = ["layer_activations", "mine_topk", "model_fingerprint"]
 
 
+@autograd_inside
 def mine_topk(
     model: nn.Module,
     layers: str | nn.Module | Sequence[str | nn.Module],

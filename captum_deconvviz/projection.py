@@ -27,7 +27,7 @@ from ._checks import check_bool, check_int
 from ._chunks import MAX_CHUNK_ROWS, MAX_CROPPED_CHUNK_ROWS, ChunkSizer
 from ._forward import EvalMode, check_model, format_inputs, forward_to_layer, resolve_layer
 from ._geometry import box_slices
-from ._guard import check_finite, explain_shape_errors
+from ._guard import autograd_inside, check_finite, explain_shape_errors
 from ._units import (
     Seed,
     check_records,
@@ -205,6 +205,7 @@ def _projector(
     return _Projector(model, module, name, seed, rules, activations, argname=argname), images
 
 
+@autograd_inside
 def project_units(
     model: nn.Module,
     layer: str | nn.Module,
@@ -316,6 +317,7 @@ def _check_crop(crop: Any) -> None:
         raise ValueError(f"crop must be True, False or 'auto', got {crop!r}")
 
 
+@autograd_inside
 def project_records(
     model: nn.Module,
     layer: str | nn.Module,
