@@ -111,9 +111,10 @@ def _collate(items: list[tuple[int, Any]]) -> Tensor:
 def label_of(item: Any, index: int) -> int:
     """The class label of ``data[index]`` (an ``(image, label)`` item); -1 means unknown."""
     label = item[1] if isinstance(item, (tuple, list)) and len(item) >= 2 else None
-    if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point():
+    if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point() and not label.is_complex():
         label = label.item()
-    if label is not None and hasattr(label, "__index__") and not isinstance(label, bool):
+    # A tensor left here holds several values (multi-label) or floats: its __index__ would raise torch's error.
+    if label is not None and hasattr(label, "__index__") and not isinstance(label, (bool, Tensor)):
         value = int(label.__index__())
         if value >= -1:
             return value

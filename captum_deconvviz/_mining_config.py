@@ -181,6 +181,9 @@ def mining_config(
     exemplars = _exemplar_options(labels is not None, by_class, bottom_k, rank_by, class_top_n, quantiles, k, total)
     if rank_by == "relevance":
         target = check_target(target, labels is not None)
+        if target == "label" and isinstance(labels, Tensor):
+            # Every rank checks all labels (they refuse together); a shard given by hand, its own images.
+            _check_every_label(labels if distributed else labels[rank::world], 1 if distributed else world, rank)
         if verify:
             raise ValueError(
                 "verify=True re-runs the forward to check activations; it cannot check rank_by='relevance'"
@@ -235,6 +238,20 @@ def _check_labels(labels: Any, data: Any, total: int) -> Tensor | bool | None:
     if len(labels) and int(labels.min()) < -1:
         raise ValueError(f"labels must be class indices >= 0 (or -1 for unknown), got {int(labels.min())}")
     return labels.long().cpu()
+
+
+def _check_every_label(labels: Tensor, step: int, first: int) -> None:
+    """Refuse, before any work, ``target="label"`` with images labelled -1 (unknown) among those mined.
+
+    Mining would stop at the first batch that holds one, maybe hours in.
+    """
+    unknown = (labels < 0).nonzero().flatten()
+    if len(unknown):
+        index = first + step * int(unknown[0]) if step > 1 else int(unknown[0])
+        raise ValueError(
+            f"target='label' needs every image's label, but labels holds -1 (unknown) for {len(unknown)} images "
+            f"(the first: image {index}): label them, or use target='predicted' or a class index"
+        )
 
 
 def _class_names(data: Any) -> tuple[str, ...] | None:

@@ -47,6 +47,8 @@ class Folds:
         if name not in self.states:
             _, c, h, w = acts.shape
             _check_state_memory(name, c, self.k, acts.device)
+            if self.exemplars is not None:
+                self._check_exemplar_memory(new_channels=c)  # before this layer's state is allocated
             self.states[name] = TopKState.empty(c, self.k, h, w, acts.device)
             if self.exemplars is not None:
                 self.states[name].exemplars = ExemplarState.empty(self.exemplars, c, h * w, acts.device)
@@ -61,18 +63,24 @@ class Folds:
             relevance = scores.detach().float().sum(dim=(2, 3)) if scores is not None else None
             state.exemplars.fold(best, score_best, position, self.index, self.labels, relevance)
 
-    def _check_exemplar_memory(self) -> None:
-        """Refuse exemplar statistics over ``max_exemplar_bytes`` for the classes seen so far."""
+    def _check_exemplar_memory(self, new_channels: int = 0) -> None:
+        """Refuse exemplar statistics over ``max_exemplar_bytes`` for the classes seen so far.
+
+        Args:
+            new_channels: the channels of a layer whose state is about to be allocated (0: none),
+                counted with the layers that have one.
+        """
         assert self.exemplars is not None
         classes = int(self.labels.max()) + 1 if self.labels is not None and len(self.labels) else 0
-        need = 0
+        need = state_bytes(self.exemplars, new_channels, classes) if new_channels else 0
         for state in self.states.values():
             if state.exemplars is not None:
                 need += state_bytes(self.exemplars, state.exemplars.channels, max(classes, state.exemplars.classes))
         if need > self.max_exemplar_bytes:
             options = self.exemplars
+            layers = len(self.states) + (1 if new_channels else 0)
             raise ValueError(
-                f"the exemplar statistics need {need / 2**30:.3g} GiB ({len(self.states)} layers so far, {classes} "
+                f"the exemplar statistics need {need / 2**30:.3g} GiB ({layers} layers so far, {classes} "
                 f"classes, class_top_n={options.class_top_n}, bottom_k={options.bottom_k}, by_class={options.by_class}"
                 f", quantiles={options.quantiles}), more than max_exemplar_bytes={self.max_exemplar_bytes}: raise "
                 "max_exemplar_bytes, or keep less (by_class and quantiles grow with classes and images)"

@@ -559,3 +559,80 @@ def test_statistics_are_computed_once_per_layer_and_handed_out_as_copies(mined: 
     stats = mined.stats(layer)
     stats.mean.zero_()
     assert bool((mined.stats(layer).mean != 0).any())
+
+
+def test_target_label_with_an_unlabelled_image_is_refused_before_any_work(
+    model: nn.Module, sample: TensorDataset
+) -> None:
+    images, labels = sample.tensors[0][:40], sample.tensors[1][:40].clone()
+    labels[37] = -1  # in the last batch: mining used to stop there, after all the others
+    calls = {"n": 0}
+    handle = model.features[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        with pytest.raises(ValueError, match=r"^target='label' needs every image's label, .*1 images \(the first: "
+                           r"image 37\)"):  # fmt: skip
+            mine_topk(model, LAYERS, images, k=2, batch_size=8, progress=False, labels=labels, rank_by="relevance",
+                      target="label")  # fmt: skip
+        assert calls["n"] == 0
+        # a shard holds only its own images: image 37 is in shard 1 of 2
+        mine_topk(model, LAYERS[:1], images, k=2, progress=False, labels=labels, rank_by="relevance",
+                  target="label", shard=(0, 2))  # fmt: skip
+        before = calls["n"]
+        with pytest.raises(ValueError, match=r"the first: image 37"):
+            mine_topk(model, LAYERS[:1], images, k=2, progress=False, labels=labels, rank_by="relevance",
+                      target="label", shard=(1, 2))  # fmt: skip
+        assert calls["n"] == before
+    finally:
+        handle.remove()
+
+
+def test_exemplar_memory_is_checked_before_a_layer_s_state_is_allocated(
+    model: nn.Module, sample: TensorDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from captum_deconvviz._exemplar_state import ExemplarState
+
+    def allocated(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the exemplar state was allocated before the memory check")
+
+    monkeypatch.setattr(ExemplarState, "empty", allocated)
+    images = sample.tensors[0][:8]
+    # 16 channels x bottom_k=3 x 20 bytes = 960 bytes: over 500, though one channel (60 bytes) is under it
+    with pytest.raises(ValueError, match=r"more than max_exemplar_bytes=500"):
+        mine_topk(model, LAYERS[:1], images, k=2, bottom_k=3, max_exemplar_bytes=500, progress=False)
+
+
+def test_a_numpy_or_tensor_class_index_is_a_target(model: nn.Module, sample: TensorDataset) -> None:
+    import numpy as np
+
+    images = sample.tensors[0][:24]
+    results = [
+        mine_topk(model, LAYERS[:1], images, k=3, progress=False, rank_by="relevance", target=target)
+        for target in (3, np.int64(3), torch.tensor(3), torch.tensor(3, dtype=torch.uint8))
+    ]
+    assert all(r.meta["exemplars"]["target"] == 3 and type(r.meta["exemplars"]["target"]) is int for r in results)
+    for result in results[1:]:
+        assert all(result.records(LAYERS[0], c) == results[0].records(LAYERS[0], c) for c in range(16))
+
+
+def test_open_explorer_refuses_the_page_another_result_wrote_over_its_own(
+    model: nn.Module, sample: TensorDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from captum_deconvviz import write_explorer
+
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    images, labels = sample.tensors[0][:12], sample.tensors[1][:12]
+    first = mine_topk(model, LAYERS[:1], images, k=2, progress=False)
+    second = mine_topk(model, LAYERS[:1], images, k=2, labels=labels, progress=False)  # same but for the labels
+    out = tmp_path / "explorer"
+    write_explorer(out, model, images, first, guided=False, progress=False)
+    saved = tmp_path / "first.pt"
+    first.save(saved)
+    assert first.open_explorer() == out / "index.html"
+    assert MiningResult.load(saved).open_explorer() == out / "index.html"  # a loaded copy is the same result
+    write_explorer(out, model, images, second, guided=False, progress=False)
+    with pytest.raises(
+        ValueError, match=r"^the explorer at .* was written for another result \(its exemplars differ\)"
+    ):
+        first.open_explorer()
+    assert second.open_explorer() == out / "index.html" and len(opened) == 3
