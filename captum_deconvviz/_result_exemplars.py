@@ -8,6 +8,9 @@ records which exemplar statistics it kept (see :func:`~captum_deconvviz.mine_top
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -19,7 +22,48 @@ from ._ranking import f32_means
 from ._topk import TopKState
 from .exemplars import ClassStats, class_stats, quantile_rows, ranking_rows
 
-__all__ = ["ExemplarAccess", "Record"]
+__all__ = ["ExemplarAccess", "Record", "explorer_identity"]
+
+#: The element of an explorer's ``index.html`` that holds its data (see ``explorer.py``).
+_EXPLORER_DATA = re.compile(r'<script type="application/json" id="explorer-data">(.*?)</script>', re.DOTALL)
+
+
+def explorer_identity(result: Any) -> dict[str, Any]:
+    """What identifies a mining result, as the explorer written for it records it (plain JSON values).
+
+    The model's and the data's fingerprints, the layers, ``k``, ``unique``, the number of
+    images and the exemplar options: :meth:`ExemplarAccess.open_explorer` opens a page only
+    if it records the same, so a page another result overwrote is not shown as this one's.
+
+    Example:
+        >>> explorer_identity(result)["layers"]  # doctest: +SKIP
+        ['features.1', 'features.9']
+    """
+    data = result.meta.get("data_fingerprint")
+    identity = {
+        "model": result.fingerprint,
+        "data": data.get("digest") if isinstance(data, dict) else None,
+        "layers": list(result.layers),
+        "k": result.k,
+        "unique": result.unique,
+        "num_images": result.num_images,
+        "exemplars": result.meta.get("exemplars"),
+    }
+    return dict(json.loads(json.dumps(identity, default=str)))  # as it reads back from the page
+
+
+def _page_identity(page: Path) -> Any:
+    """The result identity an explorer page records; None where it records none (an older page, or no explorer's)."""
+    try:
+        text = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"the explorer written for this result cannot be read: {page} ({err})") from None
+    found = _EXPLORER_DATA.search(text)
+    try:
+        payload = json.loads(found.group(1)) if found is not None else None
+    except ValueError:
+        return None
+    return payload.get("result") if isinstance(payload, dict) else None
 
 
 class Record(NamedTuple):
@@ -35,6 +79,9 @@ class ExemplarAccess:
     """Records of every kind and the class statistics of a mining result (mixed into ``MiningResult``)."""
 
     k: int
+    unique: str
+    num_images: int
+    fingerprint: str
     meta: dict[str, Any]
     _class_stats: dict[str, ClassStats]
 
@@ -118,6 +165,48 @@ class ExemplarAccess:
         return exemplars
 
     # ---- exemplars in context -----------------------------------------------------------
+
+    def open_explorer(self) -> Path:
+        """Open the explorer written for this result in the web browser, and return its page.
+
+        The explorer is written by :func:`~captum_deconvviz.write_explorer` (or ``deconvviz
+        report``), which records its page in ``meta["explorer"]``, and in the page what
+        identifies the result (:func:`explorer_identity`); in a notebook the result's display
+        links it too.
+
+        Returns:
+            The path of its ``index.html``.
+
+        Raises:
+            ValueError: no explorer was written for this result, its page is gone, or the
+                page there now was written for another result (another explorer was
+                written into the same folder).
+
+        Example:
+            >>> write_explorer("explorer", model, data, result)  # doctest: +SKIP
+            >>> result.open_explorer()  # doctest: +SKIP
+        """
+        import webbrowser
+
+        explorer = self.meta.get("explorer")
+        if not isinstance(explorer, str):
+            raise ValueError(
+                "no explorer was written for this result: write one with "
+                "captum_deconvviz.write_explorer(out, model, data, result)"
+            )
+        page = Path(explorer)
+        if not page.is_file():
+            raise ValueError(f"the explorer written for this result is gone: {page} no longer exists")
+        recorded = _page_identity(page)
+        if recorded is not None and recorded != explorer_identity(self):
+            mine = explorer_identity(self)
+            differ = [key for key in mine if not isinstance(recorded, dict) or recorded.get(key) != mine[key]]
+            raise ValueError(
+                f"the explorer at {page} was written for another result (its {', '.join(differ)} differ): another "
+                "explorer replaced this result's; write this one again with write_explorer(out, model, data, result)"
+            )
+        webbrowser.open(page.resolve().as_uri())
+        return page
 
     @property
     def has_labels(self) -> bool:

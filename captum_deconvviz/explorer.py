@@ -37,7 +37,9 @@ from . import _explorer_data as data_json
 from . import _report_sections as sections
 from ._checks import check_bool, check_output_file, show
 from ._explorer_pages import image_sheets, layer_page
-from ._figures import check_image_function, check_type
+from ._figures import check_image_function, check_type, display_image
+from ._guard import autograd_inside
+from ._result_exemplars import explorer_identity
 from .compare import ComparisonResult
 from .diagnose import Diagnosis
 from .mining_result import MiningResult
@@ -62,6 +64,8 @@ def _check_arguments(
     check_type(result, "result", MiningResult, "from mine_topk or MiningResult.load")
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a folder path, got {type(out).__name__}")
+    if not str(os.fspath(out)).strip():  # Path("") is ".": the files would land in the current folder
+        raise ValueError(f"out is empty ({os.fspath(out)!r}): give a folder for the explorer (it is created)")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"out={str(folder)!r} is a file; give a folder (it is created) for the explorer")
@@ -72,9 +76,14 @@ def _check_arguments(
         if not isinstance(value, str):
             raise TypeError(f"{argname} must be a str, got {show(value)} ({type(value).__name__})")
     check_image_function(denormalize, "denormalize")
+    if denormalize is not None:  # tried on one image now: a wrong one would fail after the folder is written
+        display_image(_datasource.fetch(data, [0])[0], denormalize)
     if first_layer is not None and (not isinstance(first_layer, nn.Conv2d) or first_layer.in_channels not in (1, 3)):
         raise TypeError(f"first_layer must be a Conv2d with 1 or 3 input channels (the filters drawn as images) or "
                         f"None, got {show(first_layer)}")  # fmt: skip
+    if first_layer is not None and not any(module is first_layer for module in model.modules()):
+        raise ValueError(f"first_layer is not a module of model: {show(first_layer)} would draw another network's "
+                         "filters; pass one of the model's own Conv2d layers, or None for its first")  # fmt: skip
     if image_labels is not None:
         total = _datasource.length(data)
         if isinstance(image_labels, (str, bytes)) or not isinstance(image_labels, Sequence):
@@ -96,6 +105,7 @@ def _check_arguments(
     return folder
 
 
+@autograd_inside
 def write_explorer(
     out: str | Path,
     model: nn.Module,
@@ -143,6 +153,20 @@ def write_explorer(
     Returns:
         The path of ``index.html``.
 
+    Raises:
+        TypeError: ``result`` is not a :class:`~captum_deconvviz.MiningResult`; ``out`` is not
+            a path; ``title``, ``model_name`` or ``data_name`` is not a str; ``denormalize`` is
+            not a function or returns no tensor; ``first_layer`` is not a ``Conv2d`` with 1 or
+            3 input channels; ``image_labels`` or ``command`` is not a list of str;
+            ``diagnosis`` or ``comparison`` has the wrong type; ``guided`` or ``progress`` is
+            not a bool.
+        ValueError: ``out`` is empty, a file, under a file or not writable; ``model`` or
+            ``data`` is not the one ``result`` was mined with (their fingerprints differ, or
+            the data has another length or non-finite images); ``denormalize`` maps an image
+            to the wrong shape; ``first_layer`` is not a module of ``model``;
+            ``image_labels`` does not hold one str per data image. Each is raised before any
+            file is written.
+
     Example:
         >>> from captum_deconvviz.zoo import load_default_model, default_sample, denormalize
         >>> model, data = load_default_model(), default_sample()
@@ -186,6 +210,7 @@ def write_explorer(
         "data": data_name,
         "command": shlex.join(command if command is not None else sys.argv),
         "made": dt.datetime.now().isoformat(timespec="seconds"),
+        "result": explorer_identity(result),  # what open_explorer checks the page against
         "k": result.k,
         "bottom_k": result.bottom_k,
         "num_images": result.num_images,

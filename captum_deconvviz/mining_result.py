@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from . import _datasource
-from ._checks import check_float, check_int, check_output_file
+from ._checks import check_float, check_int, check_output_file, show
 from ._fingerprint import dataset_mismatch
 from ._forward import check_model
+from ._guard import autograd_inside
 from ._integrity import add_checksum, atomic_save, read_payload
 from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
 from ._result_checks import InputChecks
@@ -134,6 +135,8 @@ class MiningResult(ExemplarAccess):
     def _state(self, layer: str | nn.Module) -> tuple[str, TopKState]:
         if isinstance(layer, nn.Module):
             raise TypeError("pass the layer's name (see result.layers); modules are not stored in results")
+        if not isinstance(layer, str):  # a list or dict is unhashable: refused here, not by the lookup
+            raise TypeError(f"layer must be a layer name (one of {self.layers}), got {show(layer)}")
         if layer not in self._states:
             raise ValueError(f"layer {layer!r} was not mined; mined layers: {self.layers}")
         return layer, self._states[layer]
@@ -222,6 +225,7 @@ class MiningResult(ExemplarAccess):
             ("patches", layer, fill, *which), None, data, layer, channel, fill, lambda images, _units: images, which
         )
 
+    @autograd_inside
     def projections(
         self,
         model: nn.Module,
@@ -707,37 +711,6 @@ class MiningResult(ExemplarAccess):
             line = f"  {name}: {channels} channels, {dead} dead, field {rf}, max activation {best}"
             lines.append(line + (f", mean selectivity {row[5]}" if len(row) > 5 else ""))
         return "\n".join(lines)
-
-    def open_explorer(self) -> Path:
-        """Open the explorer written for this result in the web browser, and return its page.
-
-        The explorer is written by :func:`~captum_deconvviz.write_explorer` (or ``deconvviz
-        report``), which records its page in ``meta["explorer"]``; in a notebook the result's
-        display links it too.
-
-        Returns:
-            The path of its ``index.html``.
-
-        Raises:
-            ValueError: no explorer was written for this result, or its page is gone.
-
-        Example:
-            >>> write_explorer("explorer", model, data, result)  # doctest: +SKIP
-            >>> result.open_explorer()  # doctest: +SKIP
-        """
-        import webbrowser
-
-        explorer = self.meta.get("explorer")
-        if not isinstance(explorer, str):
-            raise ValueError(
-                "no explorer was written for this result: write one with "
-                "captum_deconvviz.write_explorer(out, model, data, result)"
-            )
-        page = Path(explorer)
-        if not page.is_file():
-            raise ValueError(f"the explorer written for this result is gone: {page} no longer exists")
-        webbrowser.open(page.resolve().as_uri())
-        return page
 
     def _repr_html_(self) -> str:
         """A table of the layers, and a link to the explorer where one was written for this result."""

@@ -9,6 +9,7 @@ flags, hooks, ``requires_grad``), though it is left in training mode on purpose.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -588,6 +590,19 @@ class _NoLabels(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.data[index]
 
 
+class _Labelled(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``(image, label)`` items whose label is the one given (a tensor that is no class index)."""
+
+    def __init__(self, data: torch.Tensor, label: Any) -> None:
+        self.data, self.label = data, label
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        return self.data[index], self.label
+
+
 def _long(*values: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long)
 
@@ -608,6 +623,9 @@ EXEMPLAR_MINE_CASES: list[tuple[str, Callable[[Env], dict[str, Any]], str]] = [
     ("labels-huge-class", lambda e: {"labels": torch.cat([e.labels[:11], _long(2**40)])}, "labels"),
     ("labels-true-on-a-tensor", lambda e: {"labels": True}, "labels"),
     ("labels-true-without-labels", lambda e: {"labels": True, "data": _NoLabels(e.data)}, "labels"),
+    ("labels-true-multi-label", lambda e: {"labels": True, "data": _Labelled(e.data, torch.tensor([1, 2]))}, "labels"),
+    ("labels-true-float-label", lambda e: {"labels": True, "data": _Labelled(e.data, torch.tensor(1.0))}, "labels"),
+    ("labels-true-empty-label", lambda e: {"labels": True, "data": _Labelled(e.data, _long())}, "labels"),
     ("by-class-string", lambda e: {"labels": e.labels, "by_class": "yes"}, "by_class"),
     ("by-class-int", lambda e: {"labels": e.labels, "by_class": 1}, "by_class"),
     ("by-class-without-labels", lambda e: {"by_class": True}, "labels"),
@@ -626,7 +644,10 @@ EXEMPLAR_MINE_CASES: list[tuple[str, Callable[[Env], dict[str, Any]], str]] = [
     ("relevance-target-bool", lambda e: RELEVANCE | {"target": True}, "target"),
     ("relevance-target-float", lambda e: RELEVANCE | {"target": 1.5}, "target"),
     ("relevance-target-typo", lambda e: RELEVANCE | {"target": "labels"}, "target"),
-    ("relevance-target-tensor", lambda e: RELEVANCE | {"target": torch.tensor(1)}, "target"),
+    ("relevance-target-tensor-one-dim", lambda e: RELEVANCE | {"target": torch.tensor([1])}, "target"),
+    ("relevance-target-tensor-float", lambda e: RELEVANCE | {"target": torch.tensor(1.0)}, "target"),
+    ("relevance-target-tensor-bool", lambda e: RELEVANCE | {"target": torch.tensor(True)}, "target"),
+    ("relevance-target-numpy-negative", lambda e: RELEVANCE | {"target": np.int64(-1)}, "target"),
     ("relevance-target-out-of-range", lambda e: RELEVANCE | {"target": 5}, "target"),
     ("relevance-target-label-without-labels", lambda e: RELEVANCE | {"target": "label"}, "labels"),
     (
@@ -666,6 +687,17 @@ for what, make_kwargs, names in EXEMPLAR_MINE_CASES:
 def _gone(e: Env) -> Any:
     result = MiningResult.load(e.saved)
     result.meta["explorer"] = str(e.tmp / "gone" / "index.html")
+    return result.open_explorer()
+
+
+def _replaced(e: Env) -> Any:
+    """open_explorer where another result's explorer replaced this result's."""
+    result = MiningResult.load(e.saved)
+    index = e.tmp / "replaced" / "index.html"
+    index.parent.mkdir(exist_ok=True)
+    other = {"result": {"model": "another model", "layers": ["features.5"], "k": 9}}
+    index.write_text(f'<script type="application/json" id="explorer-data">{json.dumps(other)}</script>')
+    result.meta["explorer"] = str(index)
     return result.open_explorer()
 
 
@@ -724,6 +756,14 @@ for what, call, names in [
     ("class-stats-layer-unknown", lambda e: e.labelled.class_stats("features.9"), "layer"),
     ("class-stats-layer-module", lambda e: e.labelled.class_stats(e.model.features[2]), "layer"),
     ("class-stats-layer-int", lambda e: e.labelled.class_stats(2), "layer"),
+    ("class-stats-layer-list", lambda e: e.labelled.class_stats([L2]), "layer"),
+    ("class-units-layer-list", lambda e: e.relevance.class_units([L5], 0), "layer"),
+    ("records-layer-list", lambda e: e.labelled.records([L2], 0), "layer"),
+    ("records-layer-dict", lambda e: e.labelled.records({}, 0, kind="bottom"), "layer"),
+    ("stats-layer-list", lambda e: e.labelled.stats([L2]), "layer"),
+    ("channels-layer-list", lambda e: e.labelled.channels([L2]), "layer"),
+    ("patches-layer-list", lambda e: e.labelled.patches(e.data, [L2], 0), "layer"),
+    ("projections-layer-list", lambda e: e.labelled.projections(e.model, e.data, [L2], 0), "layer"),
     ("class-units-not-relevance", lambda e: e.labelled.class_units(L5, 0), "rank_by"),
     ("class-units-no-labels", lambda e: e.result.class_units(L5, 0), "labels"),
     ("class-units-layer-unknown", lambda e: e.relevance.class_units(L2, 0), "layer"),
@@ -738,6 +778,7 @@ for what, call, names in [
     ("class-units-n-float", lambda e: e.relevance.class_units(L5, 0, n=2.0), "n"),
     ("open-explorer-never-written", lambda e: e.result.open_explorer(), "write_explorer"),
     ("open-explorer-gone", _gone, "gone"),
+    ("open-explorer-of-another-result", _replaced, "another result"),
 ]:
     case(f"MiningResult.{what}", call, names)
 
@@ -940,6 +981,11 @@ for what, make_kwargs, names in [
     ("denormalize-string", lambda e: {"denormalize": "imagenet"}, "denormalize"),
     ("first-layer-string", lambda e: {"first_layer": "features.0"}, "first_layer"),
     ("first-layer-linear", lambda e: {"first_layer": e.model.fc}, "first_layer"),
+    ("first-layer-not-of-the-model", lambda e: {"first_layer": nn.Conv2d(3, 4, 3)}, "first_layer"),
+    ("out-empty", lambda e: {"out": ""}, "out is empty"),
+    ("out-blank", lambda e: {"out": " "}, "out is empty"),
+    ("denormalize-drops-channels", lambda e: {"denormalize": lambda x: x[0]}, "denormalize"),
+    ("denormalize-returns-numpy", lambda e: {"denormalize": lambda x: x.numpy()}, "denormalize"),
     ("image-labels-too-few", lambda e: {"image_labels": ["a", "b"]}, "image_labels"),
     ("image-labels-string", lambda e: {"image_labels": "abcdefghijkl"}, "image_labels"),
     ("command-string", lambda e: {"command": "deconvviz report"}, "command"),
@@ -1044,7 +1090,21 @@ def test_a_refused_explorer_writes_nothing(env: Env, tmp_path: Path) -> None:
         write_explorer(out, env.model, env.data[:5], env.result, progress=False)
     with pytest.raises(TypeError, match="image_labels"):
         write_explorer(out, env.model, env.data, env.result, image_labels="abc", progress=False)
+    for denormalize in (lambda x: x[0], lambda x: x.numpy(), lambda x: x[:, :2]):  # tried on one image first
+        with pytest.raises((ValueError, TypeError), match="denormalize"):
+            write_explorer(out, env.model, env.data, env.result, denormalize=denormalize, progress=False)
+    with pytest.raises(ValueError, match="first_layer is not a module of model"):
+        write_explorer(out, env.model, env.data, env.result, first_layer=nn.Conv2d(3, 4, 3), progress=False)
     assert not out.exists()
+
+
+def test_an_empty_out_writes_nothing_into_the_current_folder(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^out is empty \(''\)"):
+        write_explorer("", env.model, env.data, env.result, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exemplar_rows_take_every_mined_class(env: Env) -> None:
