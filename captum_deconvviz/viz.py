@@ -174,10 +174,11 @@ def _topk_projections(
     projections: Crops | Tensor | None,
     model: nn.Module | None,
     expected: tuple[int, ...],
+    mask: Tensor,
 ) -> Tensor:
     """The projection images ``[channels, k, C, h, w]`` to draw, checked against the patches' shape ``expected``.
 
-    From ``model`` only in the deprecated spelling.
+    From ``model`` only in the deprecated spelling. ``mask``: the patches' (see :func:`_checked_images`).
     """
     if model is not None:
         if projections is not None:
@@ -186,11 +187,18 @@ def _topk_projections(
         projections = result.projections(model, data, layer, channels)
     if projections is None:
         raise ValueError("plot_topk needs projections=result.projections(model, data, layer, channels)")
-    return _checked_images(projections, "projections", layer, expected)
+    return _checked_images(projections, "projections", layer, expected, mask)
 
 
-def _checked_images(projections: Any, argname: str, layer: str, expected: tuple[int, ...]) -> Tensor:
-    """The images of ``projections`` (``Crops`` or a tensor) if shaped ``expected`` and finite, else raise."""
+def _checked_images(
+    projections: Any, argname: str, layer: str, expected: tuple[int, ...], mask: Tensor | None = None
+) -> Tensor:
+    """The images of ``projections`` (``Crops`` or a tensor) if shaped ``expected`` and finite, else raise.
+
+    Given the patches' ``mask``, the masks of ``Crops`` must equal it: the projections of other
+    channels' (or another layer's) records have the same shape, but their receptive fields meet
+    the image's border elsewhere. A plain tensor carries no mask, so it is checked by shape only.
+    """
     images = projections.images if isinstance(projections, Crops) else projections
     if isinstance(images, Tensor) and expected[0] == 1 and images.dim() == 4:  # one channel's [k, C, h, w]
         images = images.unsqueeze(0)
@@ -199,6 +207,14 @@ def _checked_images(projections: Any, argname: str, layer: str, expected: tuple[
                  f"{h}x{w} crops: the receptive field of {layer!r})")  # fmt: skip
     images = check_shape(images, argname, expected, described)
     check_finite_values(images, argname, "NaN/Inf cells would draw blank")
+    if mask is not None and isinstance(projections, Crops) and isinstance(projections.mask, Tensor):
+        given = projections.mask.reshape(mask.shape) if projections.mask.numel() == mask.numel() else None
+        if given is None or not bool((given.to(mask.device).bool() == mask.bool()).all()):
+            raise ValueError(
+                f"{argname} are not the projections of these channels' records: their crops lie elsewhere than the "
+                f"patches' of layer {layer!r} (their masks differ); pass result.projections(model, data, layer, "
+                "channels) for the same layer and channels"
+            )
     return images
 
 
@@ -311,7 +327,10 @@ def plot_topk(
             like the patches ``[channels, k, C, h, w]`` (the message gives both shapes),
             holds NaN or Inf, or is given together with the deprecated ``model``;
             ``guided_projections`` is missing with ``guided=True``, given without it,
-            or not shaped like ``projections``.
+            or not shaped like ``projections``; ``projections`` or ``guided_projections``
+            are :class:`Crops` whose masks differ from the patches' (the projections of
+            other channels' or another layer's records). Plain tensors carry no mask: those
+            of other records of the same shape cannot be told apart, so pass the ``Crops``.
         TypeError: ``result`` is not a ``MiningResult``, ``denormalize`` is not a
             function, or a number or flag has the wrong type.
 
@@ -342,8 +361,10 @@ def plot_topk(
     channel_list = _channel_list(channels)
     patches = result.patches(data, layer, channel_list, fill=0.0)
     expected = tuple(patches.images.shape)
-    shown = _topk_projections(result, data, layer, channel_list, projections, model, expected)
-    shown_guided = _checked_images(guided_projections, "guided_projections", layer, expected) if guided else None
+    shown = _topk_projections(result, data, layer, channel_list, projections, model, expected, patches.mask)
+    shown_guided = (
+        _checked_images(guided_projections, "guided_projections", layer, expected, patches.mask) if guided else None
+    )
     rows, cols = grid(result.k)
     per_row, title_rows = min(4, len(channel_list)), (1 if titles else 0)
     block_widths = guided_widths(result.k) if guided else [1.0] * (2 * cols)

@@ -334,6 +334,11 @@ for what, kwargs, names, errors in [
     ("guided-projections-list", {"guided": True, "guided_projections": [[0.0]]}, "guided_projections", TypeError),
     ("guided-projections-string", {"guided": True, "guided_projections": "guided"}, "guided_projections", TypeError),
     ("guided-projections-nan", {"guided": True, "guided_projections": "nan"}, "guided_projections", ValueError),
+    ("guided-projections-other-channels", {"guided": True, "guided_projections": "other"}, "guided_projections",
+     ValueError),
+    ("guided-projections-channels-swapped", {"guided": True, "guided_projections": "swapped"},
+     "guided_projections", ValueError),
+    ("projections-other-channels", {"projections": "other"}, "projections", ValueError),
 ]:  # fmt: skip
 
     def _guided(e: Env, kw: dict[str, Any] = kwargs) -> Any:
@@ -342,6 +347,11 @@ for what, kwargs, names, errors in [
             kw["guided_projections"] = e.guided
         elif kw.get("guided_projections") == "nan":
             kw["guided_projections"] = _nan(e.guided)
+        elif kw.get("guided_projections") in ("other", "swapped"):  # same shape, other records: masks differ
+            channels = [2, 3] if kw["guided_projections"] == "other" else [1, 0]
+            kw["guided_projections"] = e.result.projections(e.model, e.data, "features.1", channels, rules="guided")
+        if kw.get("projections") == "other":
+            kw["projections"] = e.result.projections(e.model, e.data, "features.1", [2, 3])
         return e.topk(**kw)
 
     case(f"plot_topk-{what}", _guided, names, errors)
@@ -423,7 +433,8 @@ for what, kwargs, names, errors in [
     ("result-rows", {"result": "rows"}, "result", TypeError),
     ("result-no-labels", {"result": "plain"}, "labels", ValueError),
     ("layer-unknown", {"layer": "features.9"}, "layer", ValueError),
-    ("layer-int", {"layer": 4}, "layer", ValueError),
+    ("layer-int", {"layer": 4}, "layer", TypeError),
+    ("layer-list", {"layer": ["features.4"]}, "layer", TypeError),
     ("layer-module", {"layer": "module"}, "layer", TypeError),
     ("channels-out-of-range", {"channels": [0, 99]}, "channels[1]", ValueError),
     ("channels-below-minus-count", {"channels": [-7]}, "channels[0]", ValueError),
