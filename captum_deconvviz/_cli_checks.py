@@ -290,6 +290,11 @@ def _check_device(value: str) -> None:
         raise CommandLineError(f"--device {value!r} is not a device: use cpu, cuda, cuda:N or mps") from None
     if device.type == "cpu":
         return
+    if device.type == "meta":
+        raise CommandLineError(
+            f"--device {value}: the meta device holds shapes, not values: it is not a device to compute on; "
+            "use --device cpu or cuda"
+        )
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -85,6 +85,8 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     if args.limit is not None:
         from torch.utils.data import Subset
 
+        if args.limit > len(images):  # more than there are: use them all, and say so (as compare --images does)
+            print(f"--limit {args.limit}: the data has only {len(images)} image(s); using all {len(images)}")
         subset = Subset(images, range(min(args.limit, len(images))))
         names = images.names[: len(subset)]
         subset.names = names  # type: ignore[attr-defined]  # kept on the returned dataset for its callers

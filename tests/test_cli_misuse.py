@@ -162,7 +162,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("compare-method-twice-across-repeats", "compare --methods saliency --methods zf_deconv saliency",
      "--methods", "saliency more than once", "args"),
     ("mine-device-unknown", "mine --device tpu", "--device", "is not a device", "args"),
-    ("mine-device-meta", "mine --device meta", "--device", "not available", "args"),
+    ("mine-device-meta", "mine --device meta", "--device", "not a device to compute on", "args"),
+    ("report-device-meta", "report --device meta", "--device", "not a device to compute on", "args"),
     ("report-device-missing-gpu", "report --device cuda:99", "--device", "cuda", "args"),
     ("mine-option-unknown", "mine --frobnicate", "--frobnicate", "unrecognized arguments", "args"),
     ("mine-out-missing", "mine NO_OUT", "--out", "required", "args"),
@@ -477,6 +478,17 @@ def test_compare_says_when_it_compares_fewer_images_than_asked(
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == note
     assert f"({note[-1]} images: " in printed[-1]  # the summary line counts the images compared
+
+
+def test_a_limit_above_the_data_s_images_says_it_uses_them_all(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.pt"
+    argv = ["mine", "--data", env["images"], "--limit", "5000", "--layers", "features.1", "--k", "1", "--out", str(out)]
+    assert main(argv) == 0 and out.is_file()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "--limit 5000: the data has only 3 image(s); using all 3"
+    assert MiningResult.load(out).num_images == 3
 
 
 def test_folders_made_by_the_checks_are_removed_when_the_command_fails(
