@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_int, show
-from ._guard import autograd_inside
 from ._tables import to_markdown
 from .compare import agreement
 from .mining_result import Crops, MiningResult
@@ -221,7 +220,6 @@ def _channel_selection(channels: Any, count: int) -> list[int]:
     return [int(c) for c in checked if c is not None]
 
 
-@autograd_inside
 def exemplar_agreement(
     result: MiningResult,
     model: nn.Module,

@@ -26,7 +26,6 @@ import numpy as np
 from torch import Tensor, nn
 
 from ._checks import check_bool, check_float, check_int, show
-from ._guard import autograd_inside
 from .mining_result import Crops, MiningResult, Record
 
 __all__ = ["ExemplarRow", "class_unit_rows", "exemplar_rows"]
@@ -143,7 +142,6 @@ def _views(
     return views
 
 
-@autograd_inside
 def exemplar_rows(
     result: MiningResult,
     data: Any,
@@ -235,7 +233,6 @@ def exemplar_rows(
     return rows
 
 
-@autograd_inside
 def class_unit_rows(
     result: MiningResult,
     data: Any,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import _rf_graph
 from ._forward import EvalMode, check_model, example_input, forward_to_layer, resolve_layer, split_layer_spec
+from ._guard import autograd_inside
 from ._rf_types import ReceptiveField, ReceptiveFieldError, check_input_shape
 from .engine import ReverseRules
 
@@ -66,6 +67,7 @@ class _PositiveCopy:
             self.materialize(module)
 
 
+@autograd_inside
 def measure_support(
     model: nn.Module,
     layer: str | nn.Module,

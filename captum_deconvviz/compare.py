@@ -391,7 +391,7 @@ def randomization_test(
         message = (
             "randomization_test(seed=...) is deprecated and will be removed in the next release: use random_state="
         )
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        warnings.warn(message, DeprecationWarning, stacklevel=3)  # past autograd_inside's frame
         random_state = seed
     model = check_model(model)
     names = _check_methods(methods)

@@ -42,7 +42,6 @@ from ._diagnose_pass import (
     stride_of,
 )
 from ._forward import check_model, resolve_layer
-from ._guard import autograd_inside
 from ._tables import to_html, to_markdown
 from .mining import mine_topk
 from .mining_result import Crops, MiningResult
@@ -223,7 +222,6 @@ def _dense_response(module: nn.Module, inputs: Tensor) -> Tensor:
     raise TypeError(f"no dense response for {type(module).__name__}")
 
 
-@autograd_inside
 def diagnose(
     model: nn.Module,
     data: Any,
@@ -465,7 +463,6 @@ class FeatureEvolution:
     projections: list[Crops]
 
 
-@autograd_inside
 def track_features(
     checkpoints: Sequence[nn.Module], data: Any, layer: str, channels: Sequence[int]
 ) -> FeatureEvolution:

@@ -38,7 +38,6 @@ from . import _report_sections as sections
 from ._checks import check_bool, check_output_file, show
 from ._explorer_pages import image_sheets, layer_page
 from ._figures import check_image_function, check_type, display_image
-from ._guard import autograd_inside
 from ._result_exemplars import explorer_identity
 from .compare import ComparisonResult
 from .diagnose import Diagnosis
@@ -105,7 +104,6 @@ def _check_arguments(
     return folder
 
 
-@autograd_inside
 def write_explorer(
     out: str | Path,
     model: nn.Module,

@@ -231,13 +231,13 @@ def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _warn_if_short(config: MiningConfig, states: dict[str, TopKState]) -> None:
-    """Warn (at the caller of mine_topk) when channels of the whole dataset hold fewer than k records."""
+    """Warn (at mine_topk's caller, past autograd_inside) when channels of the whole data hold fewer than k records."""
     total, k = config.num_images, config.k
     if config.merges_all and (
         k > total or (config.unique != "image" and any(k > total * s.height * s.width for s in states.values()))
     ):
         warnings.warn(
-            f"k={k} but only {total} images were mined: channels hold fewer than k records", UserWarning, stacklevel=3
+            f"k={k} but only {total} images were mined: channels hold fewer than k records", UserWarning, stacklevel=4
         )
 
 

@@ -276,7 +276,7 @@ class MiningResult(ExemplarAccess):
         if not isinstance(rules, str):
             raise ValueError(f"rules must be the name of a rule set ('zf' or 'guided'), got {rules!r}")
         model = check_model(model)
-        self._require_data(data)  # the model is checked in _crops, with the cache's hash of its state
+        self._require_data(data, stacklevel=5)  # past autograd_inside; the model is checked in _crops
 
         def project(images: Tensor, units: Tensor) -> Tensor:
             return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules)
@@ -471,14 +471,15 @@ class MiningResult(ExemplarAccess):
         """
         self._require_data(data, argname)
 
-    def _require_data(self, data: Any, argname: str = "data") -> None:
-        """:meth:`check_data`, for the public methods (warnings point at their caller)."""
+    def _require_data(self, data: Any, argname: str = "data", stacklevel: int = 4) -> None:
+        """:meth:`check_data`, for the public methods (warnings point at their caller; ``stacklevel`` counts
+        from ``InputChecks.require_data``: 4 is the caller of a public method that calls this one)."""
         length = self.meta.get("dataset_length")
         if length is None and self._shards()[0] == 1:
             length = self.num_images
         recorded = self.meta.get("data_fingerprint")
         self._inputs.require_data(
-            data, argname, length=length, recorded=recorded, last_index=self._last_index, stacklevel=4
+            data, argname, length=length, recorded=recorded, last_index=self._last_index, stacklevel=stacklevel
         )
 
     def check_model(self, model: nn.Module, argname: str = "model") -> None:

@@ -432,7 +432,7 @@ def _renamed_records(records: Tensor | None, units: Tensor | None) -> Tensor:
             "project_records(units=...) is deprecated: the argument holds records (image, channel, y, x); "
             "pass records=... (units= goes in the next release)",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of project_records, past autograd_inside's frame
         )
         if records is not None:
             raise TypeError("project_records() got both records and units; pass records only")

@@ -37,7 +37,6 @@ from . import _rf_graph
 from ._checks import check_bool, check_int
 from ._field import Field, Unmodelled
 from ._forward import check_model, resolve_layer, split_layer_spec
-from ._guard import autograd_inside
 from ._probe import check_against_probe, measure_support, probe_field
 from ._rf_types import ReceptiveField, ReceptiveFieldError, ReceptiveFieldTable, check_input_shape
 
@@ -167,7 +166,6 @@ def _make(
     )
 
 
-@autograd_inside
 def receptive_field(
     model: nn.Module,
     layer: str | nn.Module,
@@ -237,7 +235,6 @@ _TABLE_TYPES = (
 )
 
 
-@autograd_inside
 def receptive_field_table(model: nn.Module, input_shape: Sequence[int]) -> ReceptiveFieldTable:
     """The analytic receptive field of every convolution and pooling layer, in forward order.
 

@@ -128,7 +128,6 @@ def test_an_entry_point_gives_the_same_answer_under_no_grad_and_inference_mode(
     assert pairs, f"{name}: no tensors to compare"
     for a, b in pairs:
         torch.testing.assert_close(a, b, equal_nan=True)
-        assert not a.is_inference(), f"{name}: the answer holds inference tensors"
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -156,3 +155,13 @@ def test_write_explorer_under_inference_mode(setup: tuple[Net, torch.Tensor, Min
     with torch.inference_mode():
         index = cdv.write_explorer(tmp_path / "explorer", model, data, copy, progress=False)
     assert index.is_file() and "explorer-data" in index.read_text(encoding="utf-8")
+
+
+def test_warnings_still_point_at_the_caller(setup: tuple[Net, torch.Tensor, MiningResult]) -> None:
+    model, data, _ = setup  # autograd_inside adds a frame: the warnings' stacklevels count it
+    with pytest.warns(UserWarning, match="only 12 images were mined") as caught:
+        mine_topk(model, ["features.2"], data, k=20, progress=False)
+    assert caught[0].filename == __file__
+    with pytest.warns(DeprecationWarning, match="random_state") as caught:
+        cdv.randomization_test(model, data[:2], target=0, methods=["saliency"], layers=["fc"], seed=1)
+    assert caught[0].filename == __file__
