@@ -144,7 +144,8 @@ def test_report_shows_the_choice_and_refuses_a_result_mined_otherwise(
     assert "normalization" not in MiningResult.load(tmp_path / "old.pt").meta
     out = tmp_path / "old-report"
     custom = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
-    assert main(["report", *small, *custom, "--result", str(tmp_path / "old.pt"), "--out", str(out)]) == 0
+    with pytest.warns(UserWarning, match="saved before results recorded a fingerprint of their data"):
+        assert main(["report", *small, *custom, "--result", str(tmp_path / "old.pt"), "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "Input normalization: <b>custom</b> (mean 0.5, 0.5, 0.5; std 0.25, 0.25, 0.25;" in page
 
