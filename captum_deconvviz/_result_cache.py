@@ -50,8 +50,17 @@ def _tensor_state(tensor: Tensor) -> tuple[Any, ...]:
         tuple(tensor.stride()),
         tensor.dtype,
         tensor.device,
-        tensor._version,
+        # An inference tensor has no version counter, so an in-place edit of it could not be
+        # seen: such data (or weights) are never cached (see ResultCache.stamp).
+        None if tensor.is_inference() else tensor._version,
     )
+
+
+def _has_inference_tensors(model: nn.Module | None, data: Any) -> bool:
+    owner = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(owner, Tensor) and owner.is_inference():
+        return True
+    return model is not None and any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
 
 
 def model_state(model: nn.Module) -> tuple[Any, ...]:
@@ -166,7 +175,7 @@ class CropCache:
 
     def stamp(self, model: nn.Module | None, data: Any) -> _Stamp | None:
         """What a computation from ``model`` and ``data`` depends on; None if it cannot be cached."""
-        if self.limit == 0:
+        if self.limit == 0 or _has_inference_tensors(model, data):
             return None
         owner, state = data_state(data)
         try:

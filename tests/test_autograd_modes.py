@@ -165,3 +165,25 @@ def test_warnings_still_point_at_the_caller(setup: tuple[Net, torch.Tensor, Mini
     with pytest.warns(DeprecationWarning, match="random_state") as caught:
         cdv.randomization_test(model, data[:2], target=0, methods=["saliency"], layers=["fc"], seed=1)
     assert caught[0].filename == __file__
+
+
+def test_data_made_under_inference_mode_is_served_but_never_cached(
+    setup: tuple[Net, torch.Tensor, MiningResult], tmp_path: Path
+) -> None:
+    """An inference tensor has no version counter: an in-place edit of it could not be seen by the cache."""
+    model, data, result = setup
+    with torch.inference_mode():
+        frozen = data.clone()
+    copy = MiningResult.from_dict(result.to_dict())
+    expected = copy.patches(data, "features.5", [0, 1])
+    copy.clear_cache()
+    got = copy.patches(frozen, "features.5", [0, 1])
+    assert torch.equal(got.images, expected.images) and copy.cache_info()["entries"] == 0
+    shown = copy.records("features.5", 0)[0].index
+    with torch.inference_mode():
+        frozen[shown] += 1  # allowed on an inference tensor, and invisible to a version counter
+    changed = copy.patches(frozen, "features.5", [0, 1])
+    assert not torch.equal(changed.images, expected.images)  # computed again, not served stale
+    projections = copy.projections(model, frozen, "features.5", [0])
+    torch.testing.assert_close(projections.images, copy.projections(model, frozen.clone(), "features.5", [0]).images)
+    assert cdv.write_explorer(tmp_path / "explorer", model, frozen, copy, progress=False).is_file()
