@@ -275,4 +275,9 @@ def test_cells_of_fields_larger_than_the_image_sit_on_their_window(browser: Any,
     assert overlay["x"] - whole["x"] == pytest.approx(wx * scale, abs=0.5)
     assert overlay["y"] - whole["y"] == pytest.approx(wy * scale, abs=0.5)
     assert overlay["width"] == pytest.approx(16 * scale, abs=0.5)
+    # The whole image stays in view inside the panel; the box, far larger, is cut at the frame, and said so.
+    frame = page.locator(".whole-frame").bounding_box()
+    assert frame["width"] <= 380.5 and frame["x"] <= whole["x"] and whole["x"] + whole["width"] <= frame["x"] + frame[
+        "width"] + 0.5  # fmt: skip
+    assert "reaches far past the image" in page.text_content("#detail")
     assert tab.problems == []

@@ -443,19 +443,24 @@
     var detail = document.getElementById("detail");
     detail.textContent = "";
     var h = images.cell[0], w = images.cell[1];
-    var scale = 320 / Math.max(h, w);
     var slot = record[0];
+    var top = record[4], left = record[5], bottom = record[6], right = record[7];
+    // Room around the image for the part of the box that leaves it, up to a quarter of the image a
+    // side: a deep layer's field can be many times the image, and the image must stay in view.
+    var room = [Math.max(0, -top), Math.max(0, right - w), Math.max(0, bottom - h), Math.max(0, -left)];
+    var shown = room.map(function (r, i) { return Math.min(r, 0.25 * (i % 2 ? w : h)); });
+    // The image at 320 px, smaller where the frame with its room would not fit the panel's 380 px.
+    var scale = Math.min(320 / Math.max(h, w), 380 / Math.max(w + shown[1] + shown[3], h + shown[0] + shown[2]));
     var whole = el("div", "whole");
     whole.id = "whole";
     whole.style.width = w * scale + "px";
     whole.style.height = h * scale + "px";
     add(whole, cell(images, images.files, Math.floor(slot / images.cols), slot % images.cols, scale, imageLabel(slot)));
-    var top = record[4], left = record[5], bottom = record[6], right = record[7];
-    // Room around the image for the part of the box that leaves it.
-    whole.style.marginLeft = Math.max(0, -left) * scale + "px";
-    whole.style.marginTop = Math.max(0, -top) * scale + "px";
-    whole.style.marginRight = Math.max(0, right - w) * scale + "px";
-    whole.style.marginBottom = Math.max(0, bottom - h) * scale + "px";
+    var frame = el("div", "whole-frame");
+    frame.style.width = (w + shown[1] + shown[3]) * scale + "px";
+    frame.style.height = (h + shown[0] + shown[2]) * scale + "px";
+    whole.style.marginTop = shown[0] * scale + "px";
+    whole.style.marginLeft = shown[3] * scale + "px";
     var overlayKey = kind === "top" ? page.overlay : "none";
     if (overlayKey !== "none" && part.files[overlayKey]) {
       var overlay = cell(part, part.files[overlayKey], channel, index, scale);
@@ -472,7 +477,11 @@
     box.style.height = (bottom - top) * scale + "px";
     box.setAttribute("data-box", [top, left, bottom, right].join(","));
     add(whole, box);
-    add(detail, whole);
+    add(detail, add(frame, whole));
+    if (room.some(function (r, i) { return r > shown[i]; })) {
+      add(detail, el("p", "note", "The receptive field (" + (bottom - top) + " × " + (right - left) + " px) reaches " +
+        "far past the image: its yellow box is cut at the frame."));
+    }
     if (kind === "top") {
       var choice = el("div", "controls");
       OVERLAYS.forEach(function (o) {
@@ -493,7 +502,8 @@
       ", columns " + left + "–" + right + " (half-open; may leave the image)"));
     if (kind === "top") {
       add(detail, el("p", "note", "Overlays: Captum's visualize_image_attr (absolute value, 2% outliers) of the " +
-        "DeconvNet projection, drawn over the receptive field."));
+        "DeconvNet projection, drawn over the record's cell (its receptive field, or where that is larger than " +
+        "the image, the image-sized part of it over the image)."));
     }
   }
 
