@@ -100,6 +100,7 @@ def _records_json(
     guided: bool,
     slots: data_json.ImageSlots,
     keep: Sequence[int] = (),
+    advance: Callable[[int], Any] = lambda _channels: None,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]], Crops | None]:
     channels = result.channels(layer)
     k = result.k if kind == "top" else result.bottom_k
@@ -115,6 +116,7 @@ def _records_json(
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
         tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement))
+        advance(len(chosen))
     payload = {
         "cell": list(size),
         "per_sheet": per_sheet,
@@ -136,6 +138,7 @@ def layer_page(
     guided: bool,
     slots: data_json.ImageSlots,
     keep: Sequence[int] = (),
+    advance: Callable[[int], Any] = lambda _channels: None,
 ) -> tuple[dict[str, Any], Crops | None]:
     """Save a layer's sheets (top-k, bottom-k where mined, thumbnails) and return its JSON.
 
@@ -153,6 +156,8 @@ def layer_page(
             mean agreement (Spearman, SSIM) between them and the DeconvNet's.
         slots: the image slots the records' images get.
         keep: channels whose DeconvNet projections to return (the hierarchy figure's).
+        advance: called with the number of channels each time a group of them is saved (a
+            progress bar's ``update``).
 
     Returns:
         The layer's entry of the explorer's JSON, and the projections of ``keep`` (None for a
@@ -174,11 +179,11 @@ def layer_page(
     if field is None:  # no crops without a field: the table still has the statistics
         return entry, None
     entry["top"], top1, agreement, shown = _records_json(folder, stem, "top", result, model, data, layer,
-                                                         denormalize, guided, slots, keep)  # fmt: skip
+                                                         denormalize, guided, slots, keep, advance)  # fmt: skip
     entry["agreement"] = data_json.agreement_columns(agreement, result.channels(layer)) if guided else None
     if result.bottom_k > 0:
         entry["bottom"], *_ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
-                                            False, slots)  # fmt: skip
+                                            False, slots, advance=advance)  # fmt: skip
     entry["thumbs"] = save_grid(thumbnails(top1), folder, f"{stem}_thumbs", cols=32).to_json()
     return entry, shown
 

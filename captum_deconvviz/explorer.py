@@ -182,13 +182,18 @@ def write_explorer(
     slots = data_json.ImageSlots()
     layers, hierarchy = [], {}
     limit, result.cache_limit = result.cache_limit, 0  # each crop is computed once, group by group
+    # Counted in channels, not layers: a deep layer of a large model takes minutes of projections.
+    passes = 2 if result.bottom_k > 0 else 1
+    total = passes * sum(result.channels(layer) for layer in result.layers if result.fields.get(layer) is not None)
     try:
-        for layer in tqdm(result.layers, disable=not progress, desc="explorer", unit="layer"):
-            entry, kept = layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots,
-                                     shown[layer])  # fmt: skip
-            layers.append(entry)
-            if kept is not None:
-                hierarchy[layer] = kept
+        with tqdm(total=total, disable=not progress, desc="explorer", unit="channel") as bar:
+            for layer in result.layers:
+                bar.set_postfix_str(layer, refresh=False)
+                entry, kept = layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots,
+                                         shown[layer], advance=bar.update)  # fmt: skip
+                layers.append(entry)
+                if kept is not None:
+                    hierarchy[layer] = kept
     finally:
         result.cache_limit = limit
     views = [

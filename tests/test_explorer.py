@@ -173,3 +173,14 @@ def test_the_package_ships_the_page_files() -> None:
     assert "Content-Security-Policy" in template and "script-src 'self'" in template
     script = folder.joinpath("explorer.js").read_text(encoding="utf-8")
     assert "innerHTML" not in script and "eval(" not in script and "http" not in script
+
+
+def test_progress_counts_channels(
+    wide_explorer: WideExplorer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deep layer takes minutes: the bar moves with each group of channels, not each layer."""
+    result = wide_explorer.result
+    mined = mine_topk(wide_explorer.model, ["6", "7"], wide_explorer.data, k=2, bottom_k=2, progress=False)
+    write_explorer(tmp_path / "x", wide_explorer.model, wide_explorer.data, mined, guided=False, progress=True)
+    total = 2 * (result.channels("6") + result.channels("7"))  # top and bottom records of each channel
+    assert f"{total}/{total} [" in capsys.readouterr().err
