@@ -119,10 +119,10 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _gaussian(size: int, sigma: float) -> Tensor:
+    """The 1-d Gaussian window (summing to 1); the 2-d window is its outer product with itself."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
@@ -143,16 +143,17 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     a, b = scale(a)[:, None], scale(b)[:, None]
     size = min(window, a.shape[-2], a.shape[-1])
     size -= 1 - size % 2
-    kernel = _gaussian(size, sigma).to(a.device)[None, None]
-
-    def blur(x: Tensor) -> Tensor:
-        return F.conv2d(x, kernel)
-
+    g = _gaussian(size, sigma).to(a.device)
+    # The five local means in one pass of the separable window (rows, then columns): 2 x 11
+    # taps a pixel instead of 121, in float64 where CPU convolutions have no fast path.
+    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    blurred = F.conv2d(F.conv2d(stacked, g.view(1, 1, -1, 1).expand(5, 1, -1, 1), groups=5),
+                       g.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)  # fmt: skip
+    mu_a, mu_b, aa, bb, ab = blurred.split(1, dim=1)
     c1, c2 = 0.01**2, 0.03**2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    var_a = aa - mu_a**2
+    var_b = bb - mu_b**2
+    cov = ab - mu_a * mu_b
     value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return value.flatten(1).mean(1)
 
