@@ -103,6 +103,10 @@ class LayerCrops:
         # As the result's cache reckons a computation: crops and masks, or a full-size projection per record.
         per_channel = max(k * (result.input_shape[0] * 4 + 1) * math.prod(field.size),
                           k * 4 * math.prod(result.input_shape))  # fmt: skip
+        # Chunks are whole sheet groups; each is computed in steps that keep the field-sized
+        # crops within CHUNK_BYTES (a group of 27 channels of 435-px crops is 600 MB), and only
+        # its cells, at most the image's size, are held.
+        self.step = max(1, CHUNK_BYTES // max(1, per_channel))
         self.size = align * max(1, CHUNK_BYTES // max(1, align * per_channel))
         self.held: dict[str, tuple[int, Crops]] = {}
 
@@ -114,18 +118,26 @@ class LayerCrops:
         start = channels[0] - channels[0] % self.size
         if name not in self.held or self.held[name][0] != start:
             chunk = list(range(start, min(self.result.channels(self.layer), start + self.size)))
-            if name == "patch":
-                crops = self.result.patches(self.data, self.layer, chunk, kind=self.kind)
-            else:
-                rules = "guided" if name == "gbp" else "zf"
-                crops = self.result.projections(self.model, self.data, self.layer, chunk, rules=rules, kind=self.kind)
-                if name == "zf":
-                    self._kept.update({c: (crops.images[c - start], crops.mask[c - start]) for c in self.keep
-                                       if start <= c < start + len(chunk)})  # fmt: skip
-            self.held[name] = (start, self._windows(crops, chunk))
+            parts = [self._compute(name, chunk[i : i + self.step]) for i in range(0, len(chunk), self.step)]
+            cells = parts[0] if len(parts) == 1 else Crops(torch.cat([p.images for p in parts]),
+                                                             torch.cat([p.mask for p in parts]))  # fmt: skip
+            self.held[name] = (start, cells)
         first, crops = self.held[name]
         rows = slice(channels[0] - first, channels[0] - first + len(channels))
         return Crops(crops.images[rows], crops.mask[rows])
+
+    def _compute(self, name: str, channels: list[int]) -> Crops:
+        """The cells of ``channels``' records: their crops from the result, cut to their windows."""
+        if name == "patch":
+            crops = self.result.patches(self.data, self.layer, channels, kind=self.kind)
+        else:
+            rules = "guided" if name == "gbp" else "zf"
+            crops = self.result.projections(self.model, self.data, self.layer, channels, rules=rules, kind=self.kind)
+            if name == "zf":
+                # Copies: a view would keep the whole step's field-sized crops alive.
+                self._kept.update({c: (crops.images[i].clone(), crops.mask[i].clone())
+                                   for i, c in enumerate(channels) if c in self.keep})  # fmt: skip
+        return self._windows(crops, channels)
 
     def kept(self) -> Crops:
         """The whole DeconvNet projections of the ``keep`` channels, in that order (all read by now)."""

@@ -184,3 +184,20 @@ def test_progress_counts_channels(
     write_explorer(tmp_path / "x", wide_explorer.model, wide_explorer.data, mined, guided=False, progress=True)
     total = 2 * (result.channels("6") + result.channels("7"))  # top and bottom records of each channel
     assert f"{total}/{total} [" in capsys.readouterr().err
+
+
+def test_small_steps_give_the_same_explorer(
+    wide_explorer: WideExplorer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crops computed one channel at a time (a tiny memory budget) make the same sheets as one call per layer."""
+    import captum_deconvviz._layer_crops as layer_crops
+
+    monkeypatch.setattr(layer_crops, "CHUNK_BYTES", 1)
+    index = write_explorer(tmp_path / "steps", wide_explorer.model, wide_explorer.data, wide_explorer.result,
+                           progress=False)  # fmt: skip
+    reference = explorer_data(wide_explorer.index)
+    data = explorer_data(index)
+    assert data["layers"] == reference["layers"]
+    for layer in data["layers"]:
+        for name in layer["top"]["files"]["zf"] + layer["thumbs"]["files"]:
+            assert (index.parent / name).read_bytes() == (wide_explorer.index.parent / name).read_bytes(), name
