@@ -9,6 +9,9 @@ What it checks, each against the CPU computation of the same thing:
    (TF32 off, relative tolerance 1e-4).
 3. ``ZFDeconvolution`` on VGG16 equals the CPU's; the receptive-field analysis and the
    probe run with the model on the GPU.
+4. The paths users call with a GPU model and CPU data (the result's projections and verify,
+   diagnose, compare_methods with its table and figure, write_report, write_explorer, and
+   ``deconvviz report --device cuda``): each gives "ok" or the error it raised.
 
 Then it times, on the GPU: mining the sample, and mining + projecting random 224 px
 batches through VGG16 and ResNet-50, against a plain forward of the same batches.
@@ -21,13 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
 
 from captum_deconvviz import ZFDeconvolution, mine_topk, project_units, receptive_field
+from captum_deconvviz.compare import compare_methods
+from captum_deconvviz.diagnose import diagnose
+from captum_deconvviz.explorer import write_explorer
+from captum_deconvviz.report import write_report
+from captum_deconvviz.viz import plot_comparison, plot_diagnosis
 from captum_deconvviz.zoo import default_sample, load_default_model
 
 
@@ -113,6 +125,49 @@ def check_imagenet_models(report: dict) -> None:
         report[f"{name}_mining_over_forward"] = report[f"{name}_mine_128_s"] / report[f"{name}_forward_128_s"]
 
 
+def check_user_paths(report: dict, out: Path, device: str = "cuda") -> None:
+    """What users call with a GPU model and CPU data (as datasets yield): each path's error, if any.
+
+    The result's projections, verify, diagnose, compare_methods (maps on the GPU; table and figure),
+    write_report and write_explorer, and ``deconvviz report --device cuda`` with and without ``--static``.
+    """
+    sample = default_sample()
+    images = torch.stack([sample[i][0] for i in range(200)])
+    model = load_default_model().eval().to(device)
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    result = mine_topk(model, convs[:2], images, k=4, progress=False, batch_size=100, device=device)
+    cpu_model = load_default_model().eval()
+
+    def attempt(name: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+            report[f"path_{name}"] = "ok"
+        except Exception as err:  # recorded; the next path still runs
+            report[f"path_{name}"] = f"{type(err).__name__}: {err}"[:300]
+
+    def projections_equal_cpu() -> None:
+        gpu = result.projections(model, images, convs[1], [0, 1]).images
+        cpu = result.projections(cpu_model, images, convs[1], [0, 1]).images
+        report["path_projections_rel_err"] = _close(gpu, cpu)
+
+    def comparison() -> None:
+        compared = compare_methods(model, images[:4].to(device), target=[0, 1, 2, 3])
+        compared.table()
+        plot_comparison(compared, use_pyplot=False)
+
+    attempt("projections", projections_equal_cpu)
+    attempt("verify", lambda: result.verify(model, images))
+    attempt("diagnose", lambda: plot_diagnosis(diagnose(model, images, result=result, progress=False)))
+    attempt("compare", comparison)
+    attempt("write_report", lambda: write_report(out / "report", model, images, result))
+    attempt("write_explorer", lambda: write_explorer(out / "explorer", model, images, result))
+    for static in ([], ["--static"]):
+        command = ["deconvviz", "report", "--limit", "200", "--k", "4", "--device", device, "--out",
+                   str(out / f"cli{'-static' * bool(static)}"), *static]  # fmt: skip
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        report[f"path_cli_report{'_static' * bool(static)}"] = "ok" if run.returncode == 0 else run.stderr[-300:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -124,6 +179,8 @@ def main() -> None:
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     check_default_model(report)
     check_imagenet_models(report)
+    with tempfile.TemporaryDirectory() as folder:
+        check_user_paths(report, Path(folder))
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if args.out:

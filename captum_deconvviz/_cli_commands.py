@@ -33,6 +33,7 @@ from ._cli_checks import (
     image_size,
     normalization,
 )
+from ._forward import model_device, on_model_device
 from .data import ImageFiles
 from .model_loading import load_model
 from .receptive_field import receptive_field, receptive_field_table
@@ -47,6 +48,17 @@ COMPARE_METHODS = ("zf_deconv", "guided_backprop", "captum_deconvolution", "sali
 
 def _model(args: argparse.Namespace) -> nn.Module:
     return load_model(args.model, weights=args.weights, arch=args.arch, trust_code=args.trust_code)
+
+
+def _to_device(args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """The model on the device the command computes on: ``--device``; under torchrun this process's
+    GPU; else CUDA if there is one (mine_topk's default). The command owns the model it loaded, so it
+    is moved, not copied: mining, projections, diagnosis and the comparison all run there."""
+    distributed = _distributed.init_from_env()  # first: it picks this process's GPU
+    device = args.device
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}" if distributed else "cuda"
+    return model.to(device) if device is not None else model
 
 
 def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], list[str], str]:
@@ -121,9 +133,7 @@ def _mine(args: argparse.Namespace, model: nn.Module, dataset: Any, layers: list
     from .diagnose import watch_aliasing
     from .mining import mine_topk
 
-    device = args.device
-    if _distributed.init_from_env() and device is None and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}"
+    device = model_device(model)  # where _to_device put it
     checkpoint = getattr(args, "checkpoint", None)
     # One pass over the data: the aliasing scores the report's diagnosis needs are taken from
     # mining's own forward passes and kept in the result (docs/diagnostics.md). Only a fresh run on
@@ -154,6 +164,7 @@ def _mine_and_save(args: argparse.Namespace) -> int:
     layers = _default_layers(args, model)
     check_model_fits(model, args, layers)
     dataset, _, _, name = _data(args)
+    model = _to_device(args, model)
     result = _mine(args, model, dataset, layers)
 
     if not _distributed.is_main():
@@ -186,7 +197,7 @@ def _comparison(model: nn.Module, dataset: Any, count: int = 4) -> Any:
     classifier (compare_methods refuses it)."""
     from .compare import compare_methods
 
-    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+    images = on_model_device(torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]), model)
     try:
         with torch.no_grad():
             target = model(images).argmax(1).tolist()
@@ -219,6 +230,7 @@ def cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> int
     dataset, display, labels, name = _data(args)
     if loaded is not None:
         check_result_data(loaded, dataset, args)
+    model = _to_device(args, model)
     result = loaded if loaded is not None else _mine(args, model, dataset, layers, exemplars=True)
     result.meta["normalization"] = used  # shown in the report's header
     from .diagnose import diagnose

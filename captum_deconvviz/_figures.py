@@ -145,6 +145,7 @@ def display_image(
         low, high = float(valid.min()), float(valid.max())
         shown = ((image - low) / (high - low if high > low else 1.0)).clamp(0, 1)
     if mask is not None:
+        mask = mask.cpu()
         shown = torch.where(mask, shown, torch.full_like(shown, 0.5))
     array = np.moveaxis(shown.numpy(), 0, -1)
     return array[..., 0] if array.shape[-1] == 1 else array

@@ -28,6 +28,7 @@ __all__ = [
     "format_inputs",
     "forward_to_layer",
     "model_device",
+    "on_model_device",
     "resolve_layer",
 ]
 
@@ -153,6 +154,17 @@ def model_device(model: nn.Module) -> torch.device | None:
     for buffer in model.buffers():
         return buffer.device
     return None
+
+
+def on_model_device(tensor: Tensor, model: nn.Module) -> Tensor:
+    """``tensor`` on the model's device (itself if it is there, or the model has no tensors).
+
+    For the images the package reads from a dataset for a model it was given: datasets
+    yield CPU tensors, and a model on a GPU must still be served. What a user passes in
+    themselves is checked, not moved (:func:`format_inputs`), as Captum does.
+    """
+    device = model_device(model)
+    return tensor if device is None else tensor.to(device, non_blocking=True)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:

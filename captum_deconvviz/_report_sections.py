@@ -343,7 +343,7 @@ def comparison_section(
     fig, _ = plot_comparison(comparison, display=denormalize, use_pyplot=False)
     fig.savefig(folder / "comparison.png", dpi=120)
     rows = [
-        [a, b, *(f"{float(np.nanmean(values[m].numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
+        [a, b, *(f"{float(np.nanmean(values[m].cpu().numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
         for (a, b), values in comparison.metrics.items()
     ]
     table = to_html(["method A", "method B", "Spearman", "Spearman abs", "SSIM abs"], rows,

@@ -200,7 +200,7 @@ class ComparisonResult:
     def table(self) -> str:
         """A Markdown table of the mean agreement of each pair over the examples."""
         rows = [
-            [a, b, *(f"{float(np.nanmean(values[m].numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
+            [a, b, *(f"{float(np.nanmean(values[m].cpu().numpy())):.3f}" for m in ("spearman", "spearman_abs", "ssim"))]
             for (a, b), values in self.metrics.items()
         ]
         return to_markdown(["method A", "method B", "Spearman", "Spearman abs", "SSIM abs"], rows)
@@ -302,7 +302,7 @@ class RandomizationResult:
 
     def mean(self, method: str, metric: str = "spearman_abs") -> list[float]:
         """The curve: mean similarity over examples at each step."""
-        return [float(np.nanmean(row.numpy())) for row in self.similarity[method][metric]]
+        return [float(np.nanmean(row.cpu().numpy())) for row in self.similarity[method][metric]]
 
     def table(self, metric: str = "spearman_abs") -> str:
         """A Markdown table of the mean ``metric`` per step and method."""

@@ -41,7 +41,7 @@ from ._diagnose_pass import (
     stream,
     stride_of,
 )
-from ._forward import check_model, resolve_layer
+from ._forward import check_model, on_model_device, resolve_layer
 from ._tables import to_html, to_markdown
 from .mining import mine_topk
 from .mining_result import Crops, MiningResult
@@ -279,7 +279,7 @@ def diagnose(
     dead: dict[str, Tensor] = {}
     sources: dict[str, str] = {}
     if result is not None:
-        sources = activity_sources(model, names, result.layers, _datasource.fetch(data, [0]))
+        sources = activity_sources(model, names, result.layers, on_model_device(_datasource.fetch(data, [0]), model))
         dead = {name: result.stats(source).dead for name, source in sources.items()}
     if max_images is not None and total > max_images:
         if isinstance(data, Tensor):
@@ -344,7 +344,7 @@ def watch_aliasing(
     names = [n for n in names if isinstance(modules[n], (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
     total = _datasource.length(data)
     wanted = min(total, max_images) if max_images is not None else total
-    image = _datasource.fetch(data, [0]).to(next((p.device for p in model.parameters()), torch.device("cpu")))
+    image = on_model_device(_datasource.fetch(data, [0]), model)
     return AliasingWatch(model, {name: _score_of for name in names}, wanted, input_sources(model, names, image))
 
 
@@ -358,13 +358,14 @@ def _layer_diagnoses(
     entries = []
     for name in names:
         module = modules[name]
-        entry = LayerDiagnosis(name, type(module).__name__, dead[name])
+        # The diagnosis holds CPU tensors whatever the model's device: it is read and drawn there.
+        entry = LayerDiagnosis(name, type(module).__name__, dead[name].cpu())
         if isinstance(module, nn.Conv2d):
-            entry.rms = filter_rms(module.weight)
+            entry.rms = filter_rms(module.weight).cpu()
             if name == first_conv:
-                entry.high_frequency = high_frequency_fraction(module.weight)
+                entry.high_frequency = high_frequency_fraction(module.weight).cpu()
         if name in aliasing:
-            entry.stride, entry.aliasing = stride_of(module), aliasing[name]
+            entry.stride, entry.aliasing = stride_of(module), aliasing[name].cpu()
         entries.append(entry)
     return entries
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import _datasource
 from ._checks import check_float, check_int, check_output_file, show
 from ._fingerprint import dataset_mismatch
-from ._forward import check_model
+from ._forward import check_model, on_model_device
 from ._guard import autograd_inside
 from ._integrity import add_checksum, atomic_save, read_payload
 from ._result_cache import DEFAULT_CACHE_BYTES, CropCache
@@ -279,7 +279,9 @@ class MiningResult(ExemplarAccess):
         self._require_data(data, stacklevel=5)  # past autograd_inside; the model is checked in _crops
 
         def project(images: Tensor, units: Tensor) -> Tensor:
-            return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules)
+            # The data's images go to the model (a GPU model, CPU data); the crops are kept on the CPU.
+            images = on_model_device(images, model)
+            return project_records(model, layer, images, units, seed=cast(Any, seed), rules=rules).cpu()
 
         which = self._which(layer, kind, cls, q)
         return self._crops(
@@ -435,7 +437,7 @@ class MiningResult(ExemplarAccess):
         where = {index: i for i, index in enumerate(indices)}
         bad, checked = [], 0
         for layer in self.layers:
-            maps = acts[layer]
+            maps = acts[layer].cpu()  # one copy per layer, not a device sync per record
             for c in range(self.channels(layer)):
                 for record in self.records(layer, c):
                     fresh = float(maps[where[record.index], c, record.y, record.x])
