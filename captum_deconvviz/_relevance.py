@@ -20,7 +20,7 @@ from ._compiled import eager_compiled
 from ._guard import explain_shape_errors
 from ._taps import as_4d
 
-__all__ = ["RelevanceTaps", "Target", "check_target"]
+__all__ = ["RelevanceTaps", "Target", "check_class_range", "check_output_classes", "check_target"]
 
 #: Integer dtypes a 0-d tensor ``target`` may have (not bool: True is no class index).
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -50,6 +50,34 @@ def check_target(target: Any, has_labels: bool) -> Target:
     if target == "label" and not has_labels:
         raise ValueError("target='label' needs labels: pass labels=True (data of (image, label) items) or a LongTensor")
     return target
+
+
+def check_class_range(index: int, classes: int, what: str) -> None:
+    """Refuse a class ``index`` the model's ``classes`` outputs do not have; ``what`` names it."""
+    if index >= classes:
+        raise ValueError(f"{what} {index} is out of range: the model has {classes} outputs (0 to {classes - 1})")
+
+
+def check_output_classes(model: nn.Module, image: Tensor, target: Target, labels: Tensor | None) -> None:
+    """Before mining by relevance: one forward of ``image`` (``[1, C, H, W]``, on the model's device,
+    the model in eval mode) gives ``[1, classes]``, and ``target`` (or with ``"label"``, the
+    largest of ``labels`` given as a tensor) names one of them.
+
+    Without it a wrong target surfaced only after the first batch's forward and backward.
+
+    Raises:
+        ValueError: the output is not ``[1, classes]``, or the class is out of range.
+    """
+    with torch.no_grad(), explain_shape_errors(model, "data", image.shape), eager_compiled():
+        output = model(image)
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"rank_by='relevance' needs a model whose output is [batch, classes], got {shape}")
+    classes = output.shape[1]
+    if isinstance(target, int):
+        check_class_range(target, classes, "target")
+    elif target == "label" and isinstance(labels, Tensor) and len(labels):
+        check_class_range(int(labels.max()), classes, "target='label': the label")
 
 
 class RelevanceTaps:
@@ -126,14 +154,13 @@ class RelevanceTaps:
             return output.detach().argmax(dim=1)
         if self.target == "label":
             assert labels is not None, "target='label' is checked to come with labels"
+            # Checked where the labels are (the CPU, as the data yields them): no device sync per batch.
             if bool((labels < 0).any()):
                 raise ValueError("target='label' needs every image's label, but some images have none (-1)")
-            chosen = labels.to(output.device)
-        else:
-            chosen = torch.full((output.shape[0],), int(self.target), dtype=torch.long, device=output.device)
-        if bool((chosen >= classes).any()):
-            raise ValueError(f"target {int(chosen.max())} is out of range: the model has {classes} outputs")
-        return chosen
+            check_class_range(int(labels.max()) if len(labels) else 0, classes, "target='label': the label")
+            return labels.to(output.device)
+        check_class_range(int(self.target), classes, "target")
+        return torch.full((output.shape[0],), int(self.target), dtype=torch.long, device=output.device)
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:

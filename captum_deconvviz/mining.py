@@ -28,7 +28,7 @@ from ._forward import EvalMode, check_dtype, check_model, model_device, split_la
 from ._guard import autograd_inside
 from ._mining_config import MiningConfig, Nan, RankBy, Unique, mining_config
 from ._mining_folds import Folds
-from ._relevance import RelevanceTaps
+from ._relevance import RelevanceTaps, check_output_classes
 from ._taps import LayerTaps, layer_activations
 from ._topk import FoldRule, TopKState, nms_kernel
 from .mining_result import MiningResult
@@ -165,8 +165,14 @@ def mine_topk(
     )
     check_int(max_exemplar_bytes, "max_exemplar_bytes", minimum=0)
     _check_exemplar_bound(config, max_exemplar_bytes)
-    input_shape = tuple(_datasource.fetch(data, [config.order[0]]).shape[1:])
+    first_image = _datasource.fetch(data, [config.order[0]])
+    input_shape = tuple(first_image.shape[1:])
     work_model = _on_device(model, config.device)
+    if config.rank_by == "relevance":  # the target's range, from one image's output, before the stream
+        assert config.target is not None, "rank_by='relevance' is checked to come with a target"
+        check_dtype(first_image, work_model, "data (its images)")
+        with EvalMode(work_model):
+            check_output_classes(work_model, first_image.to(config.device), config.target, config.labels)
     fingerprint = model_fingerprint(model)
     data_fingerprint = dataset_fingerprint(data)  # a few images: checked on resume and by the result
     fields, field_errors = _fields(model, config.layers, input_shape)
