@@ -399,6 +399,10 @@ def input_sources(model: nn.Module, names: Sequence[str], image: Tensor) -> dict
     made by a functional op), are left out.
     """
     produced: dict[tuple[int, int], str] = {}
+    # Every output seen stays alive for the pass: a freed tensor's id is reused by the next one
+    # made (HRNet's fuse layers: a functional op's result took a freed output's id and was
+    # taken for that module's output, and the aliasing hook went on the wrong layer).
+    alive: list[Tensor] = []
     sources: dict[str, str] = {}
     calls: Counter[str] = Counter()
     wanted = set(names)
@@ -412,6 +416,7 @@ def input_sources(model: nn.Module, names: Sequence[str], image: Tensor) -> dict
                 if source is not None:
                     sources[name] = source
             if isinstance(output, Tensor):
+                alive.append(output)
                 produced[(id(output), output._version)] = name
 
         return hook

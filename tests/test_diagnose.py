@@ -258,3 +258,68 @@ def test_aliasing_score_equals_the_full_spectrum_sums() -> None:
         outside = (fy[:, None] > 0.5 / stride[0]) | (fx[None, :] > 0.5 / stride[1])
         expected = power[:, outside].sum(1) / power.reshape(shape[1], -1).sum(1)
         np.testing.assert_allclose(aliasing_score(dense, stride).numpy(), expected, rtol=1e-6)
+
+
+class _FreedThenReused(nn.Module):
+    """``a``'s output is freed before ``b`` runs; the functional op's new tensor can take its id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(4, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        z = y * 2
+        del y
+        return self.b(z + 1)  # b's input was made by a functional op: it has no source module
+
+
+def _sources_by_identity(model: nn.Module, names: list[str], image: torch.Tensor) -> dict[str, str]:
+    """The oracle: every module's output object kept with its version counter, then each wanted
+    module's input matched by identity (``is``) and version (an in-place op in between breaks it)."""
+    outputs: dict[str, list[tuple[torch.Tensor, int]]] = {}
+    inputs: dict[str, list[tuple[torch.Tensor, int]]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+
+            def hook(_m: nn.Module, args: tuple, out: object, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor):
+                    inputs.setdefault(name, []).append((args[0], args[0]._version))
+                outputs.setdefault(name, []).append((out, out._version) if isinstance(out, torch.Tensor) else (out, -1))
+
+            handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(image)
+    for handle in handles:
+        handle.remove()
+    found = {}
+    for name in names:
+        if len(inputs.get(name, [])) != 1 or len(outputs.get(name, [])) != 1:
+            continue
+        tensor, version = inputs[name][0]
+        makers = [m for m, outs in outputs.items() if len(outs) == 1 and outs[0][0] is tensor and outs[0][1] == version]
+        if makers:
+            found[name] = makers[-1]  # the last to return it unchanged (hooks run innermost module first)
+    return found
+
+
+def test_input_sources_never_take_a_new_tensor_for_a_freed_one() -> None:
+    from captum_deconvviz._diagnose_pass import input_sources
+
+    model = _FreedThenReused().eval()
+    image = torch.randn(1, 3, 8, 8)
+    assert input_sources(model, ["b"], image) == {} == _sources_by_identity(model, ["b"], image)
+
+
+def test_input_sources_of_hrnet_equal_the_identity_oracle() -> None:
+    """HRNet's fuse layers free outputs mid-forward: ids were reused and the CLI's aliasing hook
+    went on the wrong layer (its shape then failed every ``deconvviz mine``)."""
+    timm = pytest.importorskip("timm", reason="timm is a test extra")
+    from captum_deconvviz._diagnose_pass import input_sources
+
+    model = timm.create_model("hrnet_w18_small", pretrained=False).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    image = torch.randn(1, 3, 64, 64)
+    assert input_sources(model, names, image) == _sources_by_identity(model, names, image)
