@@ -149,6 +149,9 @@ class _Projector:
         with torch.enable_grad():
             with ReverseRules(self.rules, activations=self.activations):
                 layer_out = forward_to_layer(self.model, self.module, (x,), layer_name=self.name, argname=self.argname)
+            if layer_out.dim() == 2 and records.shape[1] == 4:
+                # A linear layer's records as mining keeps them: its [N, F] output seen as [N, F, 1, 1].
+                layer_out = layer_out[:, :, None, None]
             check_within(records[rows], layer_out.shape[1:], "records", rows=rows.tolist(), records=True)
             image_rows = torch.tensor([local[int(i)] for i in records[rows, 0]])
             where = records[rows, 1:].t()
@@ -342,8 +345,9 @@ def project_records(
         layer: a module of ``model`` or its dotted name.
         images: the distinct images ``[U, C, H, W]``.
         records: LongTensor ``[R, 1 + k]`` of records ``(image, channel, y, x)`` for a
-            conv layer (``(image, feature)`` for a linear one): a row of ``images``,
-            then the unit; several records may share an image.
+            conv layer (``(image, feature)`` for a linear one, or ``(image, feature, 0, 0)``
+            as mining records it): a row of ``images``, then the unit; several records may
+            share an image.
         seed: ``"activation"`` or ``"one"``.
         rules: ``"zf"`` or ``"guided"``.
         activations: the rule for ReLU-like activations.

@@ -222,3 +222,32 @@ def test_many_records_of_one_image_are_projected_in_bounded_groups() -> None:
         image, unit = record[0], torch.tensor([record[1:]])
         expected = project_units(model, "4", images[image : image + 1], unit, crop=False)[0]
         torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_linear_layers_mined_records_project_like_captums_neuron_deconvolution() -> None:
+    """Mining keeps a linear layer's records as (image, feature, 0, 0) ([N, F] seen as [N, F, 1, 1]):
+    the result's projections of them equal Captum's NeuronDeconvolution (correct here: nn.ReLU
+    modules, switch unpooling through MaxPool's gradient), and project_records takes both forms."""
+    from captum.attr import NeuronDeconvolution
+
+    from captum_deconvviz import mine_topk
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5),
+    ).eval()  # fmt: skip
+    images = torch.randn(12, 3, 16, 16)
+    result = mine_topk(model, ["6"], images, k=3, progress=False, batch_size=4)
+    captum = NeuronDeconvolution(model, model[6])
+    for feature in range(5):
+        crops = result.projections(model, images, "6", feature, seed="one")
+        for slot, record in enumerate(result.records("6", feature)):
+            image = images[record.index : record.index + 1].clone().requires_grad_(True)
+            expected = captum.attribute(image, neuron_selector=feature)[0]
+            assert_rel_close(crops.images[slot], expected)
+    short = project_records(model, "6", images, torch.tensor([[3, 2], [0, 4]]), seed="one")
+    long = project_records(model, "6", images, torch.tensor([[3, 2, 0, 0], [0, 4, 0, 0]]), seed="one")
+    torch.testing.assert_close(long, short, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"records\[0\] = \[3, 2, 1, 0\] is out of range"):
+        project_records(model, "6", images, torch.tensor([[3, 2, 1, 0]]))
