@@ -281,6 +281,8 @@ def _check_choices(args: argparse.Namespace) -> None:
             raise CommandLineError(f"--methods names {', '.join(twice)} more than once")
     if getattr(args, "device", None) is not None:
         _check_device(args.device)
+    if getattr(args, "lossy", False) and getattr(args, "static", False):
+        raise CommandLineError("--lossy is for the explorer's image sheets; the static report (--static) writes PNG")
 
 
 def _check_device(value: str) -> None:

@@ -253,7 +253,8 @@ def cmd_report(args: argparse.Namespace, title: str = "DeconvNet report") -> int
         index = write_report(args.out, model, dataset, result, guided=True, **common)
     else:
         common["title"] = title.replace("report", "explorer")
-        index = write_explorer(args.out, model, dataset, result, comparison=_comparison(model, dataset), **common)
+        index = write_explorer(args.out, model, dataset, result, comparison=_comparison(model, dataset),
+                               lossless=not getattr(args, "lossy", False), **common)  # fmt: skip
     print(f"wrote {index} ({result.num_images} images, {len(result.layers)} layers, "
           f"{time.perf_counter() - start:.0f}s); open it in a browser")  # fmt: skip
     return 0
@@ -292,7 +293,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         target = int(args.target)
     result = compare_methods(model, images, target=target, methods=args.methods or list(COMPARE_METHODS))
-    fig, _ = plot_comparison(result, display=display, use_pyplot=False)
+    fig, _ = plot_comparison(result, examples=list(range(count)), display=display, use_pyplot=False)
     fig.savefig(args.out, dpi=200)
     print(result.table())
     print(f"wrote {args.out} ({count} images: {', '.join(names[:count])}; target {args.target}; "

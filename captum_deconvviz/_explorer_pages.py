@@ -22,6 +22,7 @@ from ._explorer_images import (
     LOSSY_KINDS,
     captum_overlays,
     display_crops,
+    lossy_cells,
     normalize_attributions,
     normalize_projections,
     save_block,
@@ -61,10 +62,13 @@ def _group(
     guided: bool,
     files: dict[str, list[str]],
     agreement: dict[str, list[float]],
+    lossless: bool = True,
 ) -> np.ndarray:
     """Save the sheets of one group of channels; returns the top-1 projection cells for thumbnails.
 
     Patches are not saved: the page cuts them out of the whole images, which it has anyway.
+    The top-k DeconvNet sheet is lossless unless ``lossless`` is False and its cells are large
+    (:func:`lossy_cells`); the rest is lossy.
     """
     zf = fetch("zf", channels)
     shown_zf = _cells(zf, counts, k, lambda images, _mask: normalize_projections(images))
@@ -83,7 +87,7 @@ def _group(
             normalized[row, count:] = 0
         cells.update(captum_overlays(normalized, shown))
     for name, block in cells.items():
-        lossy = name in LOSSY_KINDS or kind != "top"
+        lossy = name in LOSSY_KINDS or kind != "top" or lossy_cells(lossless, block.shape[2:4])
         files.setdefault(name, []).append(save_block(block, folder / f"{stem}_{kind}_{name}_{group}", lossy=lossy))
     return shown_zf[:, 0]
 
@@ -101,6 +105,7 @@ def _records_json(
     slots: data_json.ImageSlots,
     keep: Sequence[int] = (),
     advance: Callable[[int], Any] = lambda _channels: None,
+    lossless: bool = True,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, list[float]], Crops | None]:
     channels = result.channels(layer)
     k = result.k if kind == "top" else result.bottom_k
@@ -115,7 +120,8 @@ def _records_json(
     for group, start in enumerate(range(0, channels, per_sheet)):
         chosen = list(range(start, min(channels, start + per_sheet)))
         counts = [len(records[c]) for c in chosen]
-        tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement))
+        tops.append(_group(folder, stem, kind, group, chosen, counts, k, fetch, denormalize, guided, files, agreement,
+                           lossless))  # fmt: skip
         advance(len(chosen))
     payload = {
         "cell": list(size),
@@ -139,6 +145,7 @@ def layer_page(
     slots: data_json.ImageSlots,
     keep: Sequence[int] = (),
     advance: Callable[[int], Any] = lambda _channels: None,
+    lossless: bool = True,
 ) -> tuple[dict[str, Any], Crops | None]:
     """Save a layer's sheets (top-k, bottom-k where mined, thumbnails) and return its JSON.
 
@@ -158,6 +165,7 @@ def layer_page(
         keep: channels whose DeconvNet projections to return (the hierarchy figure's).
         advance: called with the number of channels each time a group of them is saved (a
             progress bar's ``update``).
+        lossless: as in :func:`~captum_deconvviz.explorer.write_explorer`.
 
     Returns:
         The layer's entry of the explorer's JSON, and the projections of ``keep`` (None for a
@@ -178,13 +186,16 @@ def layer_page(
     }
     if field is None:  # no crops without a field: the table still has the statistics
         return entry, None
-    entry["top"], top1, agreement, shown = _records_json(folder, stem, "top", result, model, data, layer,
-                                                         denormalize, guided, slots, keep, advance)  # fmt: skip
+    entry["top"], top1, agreement, shown = _records_json(
+        folder, stem, "top", result, model, data, layer, denormalize, guided, slots, keep, advance, lossless
+    )
     entry["agreement"] = data_json.agreement_columns(agreement, result.channels(layer)) if guided else None
     if result.bottom_k > 0:
         entry["bottom"], *_ = _records_json(folder, stem, "bottom", result, model, data, layer, denormalize,
-                                            False, slots, advance=advance)  # fmt: skip
-    entry["thumbs"] = save_grid(thumbnails(top1), folder, f"{stem}_thumbs", cols=32).to_json()
+                                            False, slots, advance=advance, lossless=lossless)  # fmt: skip
+    thumbs = thumbnails(top1)
+    lossy = lossy_cells(lossless, thumbs.shape[1:3])
+    entry["thumbs"] = save_grid(thumbs, folder, f"{stem}_thumbs", cols=32, lossy=lossy).to_json()
     return entry, shown
 
 
@@ -194,8 +205,10 @@ def image_sheets(
     slots: data_json.ImageSlots,
     denormalize: Callable[[Tensor], Tensor] | None,
     labels: Sequence[str] | None,
+    lossless: bool = True,
 ) -> dict[str, Any]:
-    """Save the whole images of the slots (in slot order) and return their JSON entry."""
+    """Save the whole images of the slots (in slot order) and return their JSON entry (lossless
+    WebP, or lossy as :func:`lossy_cells` says)."""
     images = []
     for start in range(0, len(slots.indices), 256):  # a batch at a time: the images may be large
         for image in fetch(data, slots.indices[start : start + 256]):
@@ -209,5 +222,6 @@ def image_sheets(
     if images:
         stacked = np.stack(images)
         cols = max(1, min(32, 2048 // stacked.shape[2]))
-        entry["sheets"] = save_grid(stacked, folder, "images", cols=cols).to_json()
+        lossy = lossy_cells(lossless, stacked.shape[1:3])
+        entry["sheets"] = save_grid(stacked, folder, "images", cols=cols, lossy=lossy).to_json()
     return entry

@@ -26,9 +26,10 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -123,6 +124,10 @@ def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _STATIC_HELP = "write the static one-page report (a PNG per channel, for printing and papers) instead of the explorer"
+_LOSSY_HELP = (
+    "store all the explorer's image sheets as lossy WebP (quality 90): several times smaller, for sharing "
+    "(default: patches, DeconvNet projections and images lossless)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None)
     demo.add_argument("--limit", type=int, default=None, help="use only the first N shipped images")
     demo.add_argument("--static", action="store_true", help=_STATIC_HELP)
+    demo.add_argument("--lossy", action="store_true", help=_LOSSY_HELP)
     demo.set_defaults(run=cmd_demo)
 
     mine = sub.add_parser("mine", help="mine the top-k activations of layers over a folder of images")
@@ -165,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--result", default=None, help="a MiningResult written by 'deconvviz mine'")
     report.add_argument("--out", required=True, help="explorer (or report) folder")
     report.add_argument("--static", action="store_true", help=_STATIC_HELP)
+    report.add_argument("--lossy", action="store_true", help=_LOSSY_HELP)
     report.set_defaults(run=cmd_report)
 
     compare = sub.add_parser("compare", help="DeconvNet vs Guided Backprop vs Captum: maps, agreement, a figure")
@@ -224,7 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     created: list[Path] = []
     try:
         created = check_arguments(args)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            if argv is None:  # the program itself: warnings as one line each, not a source line from inside
+                warnings.showwarning = _show_warning
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         remove_empty(created)
         print(f"deconvviz {args.command}: interrupted; {_what_was_kept(args)}", file=sys.stderr)
@@ -235,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"deconvviz {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """``deconvviz: warning: ...`` on one line (the default shows the library's file and source line)."""
+    print(f"deconvviz: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
 def _is_bad_input(err: BaseException) -> bool:

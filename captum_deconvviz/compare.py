@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ._checks import check_int, show
 from ._forward import EvalMode, check_model, check_target, format_inputs, resolve_layer, run_forward
 from ._guard import autograd_inside, check_finite, explain_shape_errors
+from ._relu_census import relus_captum_misses
 from ._tables import to_markdown
 from .attr import EngineGuidedBackprop, NeuronEngineGuidedBackprop, NeuronZFDeconvolution, ZFDeconvolution
 
@@ -274,8 +275,33 @@ def compare_methods(
             with torch.no_grad():
                 check_target(run_forward(model, (inputs,)), target)
         maps = {name: _attribute(name, model, inputs, target, layer_module, neuron_selector) for name in names}
+        _warn_if_captum_misses_relus(model, inputs, names)
     metrics = {(a, b): agreement(maps[a], maps[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
     return ComparisonResult(inputs.detach(), maps, metrics, target, layer_name, neuron_selector)
+
+
+#: Captum's methods that override ReLU gradients through hooks on ``nn.ReLU`` modules.
+_CAPTUM_RELU_HOOKS = ("guided_backprop", "captum_deconvolution")
+
+
+def _warn_if_captum_misses_relus(model: nn.Module, inputs: Tensor, names: Sequence[str]) -> None:
+    """Warn when a Captum method in ``names`` keeps the plain gradient at some of the model's ReLUs."""
+    hooked = [name for name in names if name in _CAPTUM_RELU_HOOKS]
+    if not hooked:
+        return
+    census = relus_captum_misses(model, inputs[:1])
+    if census.missed == 0:
+        return
+    ops = ", ".join(f"{name} x{count}" for name, count in sorted(census.names.items()))
+    ours = {"guided_backprop": "'engine_guided_backprop'", "captum_deconvolution": "'zf_deconv'"}
+    warnings.warn(
+        f"{' and '.join(repr(n) for n in hooked)} (Captum) override ReLU gradients only at nn.ReLU modules: "
+        f"{census.missed} of the {census.total} ReLU-type ops in this model's forward are not ({ops}), and keep "
+        f"their plain gradient there, so those maps mix in Saliency. {' and '.join(ours[n] for n in hooked)} "
+        "apply the rule at every op (docs/captum-differences.md).",
+        UserWarning,
+        stacklevel=4,  # past compare_methods and its autograd guard: the caller's line
+    )
 
 
 # --------------------------------------------------------------------------------------

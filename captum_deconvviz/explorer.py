@@ -58,6 +58,7 @@ def _asset(name: str) -> str:
 def _check_arguments(
     out: Any, model: Any, data: Any, result: Any, title: Any, denormalize: Any, first_layer: Any, image_labels: Any,
     command: Any, model_name: Any, data_name: Any, diagnosis: Any, comparison: Any, guided: Any, progress: Any,
+    lossless: Any = True,
 ) -> Path:  # fmt: skip
     """The folder to write, once every argument of :func:`write_explorer` is checked (before any file is written)."""
     check_type(result, "result", MiningResult, "from mine_topk or MiningResult.load")
@@ -101,6 +102,7 @@ def _check_arguments(
             raise TypeError(f"{argname} must be a {expected.__name__} or None, got {type(value).__name__}")
     check_bool(guided, "guided")
     check_bool(progress, "progress")
+    check_bool(lossless, "lossless")
     return folder
 
 
@@ -121,6 +123,7 @@ def write_explorer(
     comparison: ComparisonResult | None = None,
     guided: bool = True,
     progress: bool = True,
+    lossless: bool = True,
 ) -> Path:
     """Write the explorer folder: ``index.html``, its script and style, and packed images.
 
@@ -147,6 +150,12 @@ def write_explorer(
             (one more projection pass per layer), and their agreement where the package
             computes it.
         progress: show a progress bar.
+        lossless: keep the patches, the top-k DeconvNet projections and the whole images
+            lossless (WebP), as measured data; ``False`` stores their sheets as lossy WebP
+            (quality 90) where the cells are at least 16 px a side (smaller cells lose
+            too much colour, and are small files anyway): about half the folder for the
+            demo, for sharing (figures in ``docs/cli.md``). The Guided Backprop column, the
+            bottom-k and the overlays are lossy either way.
 
     Returns:
         The path of ``index.html``.
@@ -156,8 +165,8 @@ def write_explorer(
             a path; ``title``, ``model_name`` or ``data_name`` is not a str; ``denormalize`` is
             not a function or returns no tensor; ``first_layer`` is not a ``Conv2d`` with 1 or
             3 input channels; ``image_labels`` or ``command`` is not a list of str;
-            ``diagnosis`` or ``comparison`` has the wrong type; ``guided`` or ``progress`` is
-            not a bool.
+            ``diagnosis`` or ``comparison`` has the wrong type; ``guided``, ``progress`` or
+            ``lossless`` is not a bool.
         ValueError: ``out`` is empty, a file, under a file or not writable; ``model`` or
             ``data`` is not the one ``result`` was mined with (their fingerprints differ, or
             the data has another length or non-finite images); ``denormalize`` maps an image
@@ -173,7 +182,7 @@ def write_explorer(
         PosixPath('explorer/index.html')
     """
     folder = _check_arguments(out, model, data, result, title, denormalize, first_layer, image_labels, command,
-                              model_name, data_name, diagnosis, comparison, guided, progress)  # fmt: skip
+                              model_name, data_name, diagnosis, comparison, guided, progress, lossless)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
         (folder / name).write_text(_asset(name), encoding="utf-8")
@@ -190,7 +199,7 @@ def write_explorer(
             for layer in result.layers:
                 bar.set_postfix_str(layer, refresh=False)
                 entry, kept = layer_page(folder, stems[layer], result, model, data, layer, denormalize, guided, slots,
-                                         shown[layer], advance=bar.update)  # fmt: skip
+                                         shown[layer], advance=bar.update, lossless=lossless)  # fmt: skip
                 layers.append(entry)
                 if kept is not None:
                     hierarchy[layer] = kept
@@ -221,7 +230,7 @@ def write_explorer(
         "class_names": data_json.class_names(result),
         "guided": guided,
         "layers": layers,
-        "images": image_sheets(folder, data, slots, denormalize, image_labels),
+        "images": image_sheets(folder, data, slots, denormalize, image_labels, lossless=lossless),
         "views": [{"id": key, "title": name} for key, name, _ in views],
     }
     fills = {

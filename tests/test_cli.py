@@ -76,3 +76,50 @@ def test_compare_prints_metrics_and_writes_the_figure(tmp_path: Path, capsys: py
     assert out.read_bytes().startswith(b"\x89PNG")
     assert main(["compare", "--methods", "zf_deconv", "lrp", "--out", str(out)]) == 2
     assert "unknown method(s) ['lrp']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [[], ["--lossy"]])
+def test_report_lossy_asks_the_explorer_for_lossy_sheets(
+    flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import captum_deconvviz.explorer as explorer
+
+    seen: dict[str, object] = {}
+
+    def fake(out: Path, *args: object, **kwargs: object) -> Path:  # what the explorer was asked for
+        seen.update(kwargs)
+        return Path(out) / "index.html"
+
+    monkeypatch.setattr(explorer, "write_explorer", fake)
+    argv = ["report", "--limit", "20", "--layers", "features.1", "--k", "2", "--out", str(tmp_path / "x"), *flags]
+    assert main(argv) == 0
+    assert seen["lossless"] is (not flags)
+
+
+def test_compare_draws_every_image_it_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """plot_comparison draws 4 examples by default; the command draws all --images it lists."""
+    from PIL import Image
+
+    heights = {}
+    for count in (2, 6):
+        out = tmp_path / f"compare{count}.png"
+        assert main(["compare", "--images", str(count), "--methods", "zf_deconv", "--out", str(out)]) == 0
+        assert f"({count} images: " in capsys.readouterr().out
+        heights[count] = Image.open(out).height
+    row = 1.6 * 200  # cell_inches x the command's dpi
+    assert heights[6] - heights[2] == pytest.approx(4 * row, abs=8)
+
+
+def test_the_program_prints_warnings_on_one_line(tmp_path: Path) -> None:
+    """Not the library's file name and source line, as Python's default shows them."""
+    out = tmp_path / "r.pt"
+    code = (
+        "import sys; from captum_deconvviz.cli import main; "
+        f"sys.argv = ['deconvviz', 'mine', '--limit', '8', '--layers', 'features.1', '--out', {str(out)!r}]; "
+        "sys.exit(main())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "warning" in line.lower()]
+    assert lines == ["deconvviz: warning: k=9 but only 8 images were mined: channels hold fewer than k records"]
+    assert ".py:" not in run.stderr  # no file:line of the library's source

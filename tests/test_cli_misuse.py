@@ -164,6 +164,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("mine-device-unknown", "mine --device tpu", "--device", "is not a device", "args"),
     ("mine-device-meta", "mine --device meta", "--device", "not a device to compute on", "args"),
     ("report-device-meta", "report --device meta", "--device", "not a device to compute on", "args"),
+    ("report-lossy-static", "report --static --lossy", "--lossy", "the static report (--static) writes PNG", "args"),
+    ("demo-lossy-static", "demo --static --lossy", "--lossy", "the static report (--static) writes PNG", "args"),
     ("report-device-missing-gpu", "report --device cuda:99", "--device", "cuda", "args"),
     ("mine-option-unknown", "mine --frobnicate", "--frobnicate", "unrecognized arguments", "args"),
     ("mine-out-missing", "mine NO_OUT", "--out", "required", "args"),

@@ -152,3 +152,61 @@ def test_randomization_seed_is_random_state_with_a_deprecation_warning(setup) ->
         assert torch.equal(values, old.similarity["saliency"][metric]), metric
     other = randomization_test(model, images[:2], 0, random_state=4, **kwargs)
     assert not torch.equal(other.similarity["saliency"]["spearman"], new.similarity["saliency"]["spearman"])
+
+
+class _MixedRelus(torch.nn.Module):
+    """One nn.ReLU module, one F.relu, one GELU module: Captum's hooks reach only the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.c1, self.c2, self.c3 = (torch.nn.Conv2d(a, b, 3, padding=1) for a, b in ((3, 6), (6, 6), (6, 6)))
+        self.act, self.gelu = torch.nn.ReLU(), torch.nn.GELU()
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.c1(x))
+        x = torch.nn.functional.relu(self.c2(x))
+        return self.head(self.gelu(self.c3(x)))
+
+
+class _FunctionalOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1, self.c2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.c2(self.c1(x).relu()).relu())
+
+
+def test_relu_census_counts_what_captums_hooks_miss() -> None:
+    from captum_deconvviz._relu_census import relus_captum_misses
+
+    census = relus_captum_misses(_MixedRelus().eval(), torch.randn(1, 3, 8, 8))
+    assert (census.missed, census.total, census.names) == (2, 3, {"relu": 1, "gelu": 1})
+    census = relus_captum_misses(load_default_model().eval(), torch.randn(1, 3, 32, 32))
+    assert census.missed == 0 and census.total == 4  # the default model: four nn.ReLU modules
+
+
+def test_compare_warns_when_captums_guided_backprop_is_the_gradient() -> None:
+    model, x = _FunctionalOnly().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"2 of the 2 ReLU-type ops .* \(relu x2\)") as caught:
+        result = compare_methods(model, x, target=1, methods=["guided_backprop", "saliency", "engine_guided_backprop"])
+    assert caught[0].filename == __file__  # points at the caller's line
+    assert "'engine_guided_backprop'" in str(caught[0].message)
+    # What the warning is about: Captum's map is exactly the gradient; the engine's is not.
+    assert torch.equal(result.maps["guided_backprop"], result.maps["saliency"])
+    assert not torch.allclose(result.maps["engine_guided_backprop"], result.maps["saliency"])
+    assert not model._forward_hooks and not model._forward_pre_hooks  # the census's hooks are gone
+
+
+def test_compare_is_quiet_where_captum_is_right_or_not_used() -> None:
+    import warnings
+
+    images = torch.stack([default_sample()[i][0] for i in range(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_methods(load_default_model().eval(), images, target=0)  # nn.ReLU modules only
+        compare_methods(_FunctionalOnly().eval(), torch.randn(2, 3, 8, 8), target=1, methods=["zf_deconv", "saliency"])

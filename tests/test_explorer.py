@@ -23,9 +23,14 @@ from PIL import Image
 
 from captum_deconvviz import NeuronZFDeconvolution, mine_topk, write_explorer
 from captum_deconvviz._explorer_data import embed_json, number
-from captum_deconvviz._explorer_images import captum_overlays, normalize_attributions, normalize_projections
+from captum_deconvviz._explorer_images import (
+    LOSSY_MIN_CELL,
+    captum_overlays,
+    normalize_attributions,
+    normalize_projections,
+)
 from captum_deconvviz.explorer import ASSETS
-from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, denormalize
+from captum_deconvviz.zoo import ZFNetCIFAR, default_sample, denormalize, load_default_model
 
 
 def explorer_data(index: Path) -> dict:
@@ -201,3 +206,70 @@ def test_small_steps_give_the_same_explorer(
     for layer in data["layers"]:
         for name in layer["top"]["files"]["zf"] + layer["thumbs"]["files"]:
             assert (index.parent / name).read_bytes() == (wide_explorer.index.parent / name).read_bytes(), name
+
+
+def _webp_kind(path: Path) -> str:
+    """``"lossless"`` or ``"lossy"``, from the WebP file's first chunk (VP8L is lossless, VP8 lossy)."""
+    head = path.read_bytes()[:16]
+    assert head[:4] == b"RIFF" and head[8:12] == b"WEBP", path.name
+    return {b"VP8L": "lossless", b"VP8 ": "lossy"}[head[12:16]]
+
+
+def _sheets(data: dict) -> dict[str, list[tuple[str, int]]]:
+    """Sheet files with their cells' smaller side, by role: what is lossless by default (whole images,
+    from which patches are cut; top-k DeconvNet projections; their thumbnails), and the rest."""
+    images = data["images"]["sheets"]
+    measured = [(name, min(images["cell"])) for name in images["files"]]
+    rest = []
+    for layer in data["layers"]:
+        side = min(layer["top"]["cell"])
+        measured += [(name, side) for name in layer["top"]["files"]["zf"]]
+        measured += [(name, min(layer["thumbs"]["cell"])) for name in layer["thumbs"]["files"]]
+        others = layer["top"]["files"]["gbp"] + layer["bottom"]["files"]["zf"]
+        others += [name for overlay in ("heat_map", "blended", "masked") for name in layer["top"]["files"][overlay]]
+        rest += [(name, side) for name in others]
+    return {"measured": measured, "rest": rest}
+
+
+@pytest.mark.skipif(not Image.registered_extensions().get(".webp"), reason="Pillow was built without WebP")
+def test_lossy_sheets_are_smaller_and_show_the_same_cells(tmp_path: Path) -> None:
+    sample = default_sample()
+    data = torch.utils.data.Subset(sample, range(0, 1000, 25))
+    model = load_default_model().eval()  # trained: projections with structure, as users share them
+    result = mine_topk(model, ["features.1", "features.9"], data, k=3, bottom_k=1, progress=False)
+    folders = {}
+    for lossless in (True, False):
+        index = write_explorer(tmp_path / str(lossless), model, data, result, denormalize=denormalize,
+                               progress=False, lossless=lossless)  # fmt: skip
+        folders[lossless] = (index.parent, explorer_data(index))
+    (exact, default), (small, lossy) = folders[True], folders[False]
+    assert lossy["layers"] == default["layers"]  # the same records, cells and sheet names
+    names = _sheets(default)
+    assert names == _sheets(lossy)
+    assert {_webp_kind(exact / name) for name, _ in names["measured"]} == {"lossless"}
+    assert {_webp_kind(exact / name) for name, _ in names["rest"]} == {"lossy"}
+    assert {_webp_kind(small / name) for name, _ in names["rest"]} == {"lossy"}
+    large = [name for name, side in names["measured"] if side >= LOSSY_MIN_CELL]
+    tiny = [name for name, side in names["measured"] if side < LOSSY_MIN_CELL]
+    assert large and tiny  # conv1's 5-px cells and the deeper layers' 15-32 px ones
+    assert {_webp_kind(small / name) for name in large} == {"lossy"}
+    assert {_webp_kind(small / name) for name in tiny} == {"lossless"}
+    for name in tiny:
+        assert (small / name).read_bytes() == (exact / name).read_bytes(), name
+    sizes = [sum((folder / name).stat().st_size for name in large) for folder in (exact, small)]
+    assert sizes[1] < sizes[0] / 2, sizes
+    for name in large:  # the same pictures: quality 90 stays within a few grey levels on average
+        truth = np.asarray(Image.open(exact / name).convert("RGB"), dtype=float)
+        approx = np.asarray(Image.open(small / name).convert("RGB"), dtype=float)
+        assert truth.shape == approx.shape and np.abs(truth - approx).mean() < 8, name
+
+
+def test_lossless_must_be_a_bool(small: tuple[Path, object], tmp_path: Path) -> None:
+    _, result = small
+    sample = default_sample()
+    data = torch.utils.data.Subset(sample, range(0, 1000, 25))
+    torch.manual_seed(0)
+    model = ZFNetCIFAR((8, 8, 8, 8)).eval()  # the fixture's model: same seed, same weights
+    with pytest.raises(TypeError, match="lossless must be True or False"):
+        write_explorer(tmp_path / "x", model, data, result, lossless="no")  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()

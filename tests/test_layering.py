@@ -31,7 +31,7 @@ LAYERS: dict[int, set[str]] = {
         "_topk", "_checkpoint", "_mining_config", "_mining_state", "mining", "mining_result", "_distributed",
         "_result_cache", "compare", "diagnose", "_diagnose_pass", "_integrity", "_result_io", "_result_checks",
         "_exemplar_state", "_relevance", "exemplars", "_exemplar_records", "_exemplar_agreement", "_ranking",
-        "_result_exemplars",
+        "_result_exemplars", "_relu_census",
         "_mining_folds",
     },
     6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures", "_class_figures"},

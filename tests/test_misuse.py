@@ -996,6 +996,8 @@ for what, make_kwargs, names in [
     ("comparison-dict", lambda e: {"comparison": {}}, "comparison"),
     ("guided-string", lambda e: {"guided": "yes"}, "guided"),
     ("progress-string", lambda e: {"progress": "no"}, "progress"),
+    ("lossless-string", lambda e: {"lossless": "no"}, "lossless"),
+    ("lossless-int", lambda e: {"lossless": 0}, "lossless"),
 ]:
     case(f"write_explorer-{what}", lambda e, mk=make_kwargs: _explorer(e, **mk(e)), names)
 
