@@ -34,7 +34,7 @@ from ._cli_checks import (
     normalization,
 )
 from ._forward import model_device, on_model_device
-from .data import ImageFiles
+from .data import ImageFiles, rgb_image
 from .model_loading import load_model
 from .receptive_field import receptive_field, receptive_field_table
 
@@ -72,7 +72,7 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
 
     def transform(image: Any) -> Tensor:
-        image = image.convert("RGB")
+        image = rgb_image(image)  # 16-bit grey scaled, not clipped white
         if image.size != (size, size):  # shorter side to size, then the centre square
             image = TF.center_crop(TF.resize(image, size), [size, size])
         return TF.normalize(TF.to_tensor(image), norm.mean, norm.std)

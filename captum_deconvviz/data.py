@@ -23,7 +23,15 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "UnreadableImageError", "ZipImages", "find_cifar10", "load_cifar10"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageFiles",
+    "UnreadableImageError",
+    "ZipImages",
+    "find_cifar10",
+    "load_cifar10",
+    "rgb_image",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -115,7 +123,7 @@ def _decode_problem(data: bytes) -> str | None:
             image.load()
             if 0 in image.size:
                 return "the image has no pixels"
-            image.crop((0, 0, 1, 1)).convert("RGB")  # a mode PIL cannot convert fails here, not later
+            rgb_image(image.crop((0, 0, 1, 1)))  # a mode PIL cannot convert fails here, not later
     # Any error while decoding a file says only that this file is bad: PIL's plugins raise
     # OSError, SyntaxError, ValueError, EOFError, struct.error, DecompressionBombError...
     except Exception as err:
@@ -130,10 +138,47 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+#: PIL modes of 16-bit grey pixels (PNG, TIFF).
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, its grey levels scaled from the range its mode holds.
+
+    PIL's ``convert("RGB")`` clips wider grey values at 255: a 16-bit PNG (mode ``I;16``,
+    0-65535) came out all white. Here 16-bit grey is scaled by 255/65535; 32-bit integer grey
+    (``I``) the same way when it holds values above 255 (a 16-bit file opened as ``I``), as is
+    otherwise; float grey (``F``) by 255 when its values lie in [0, 1]. Other modes (1, L, P,
+    RGBA, CMYK, YCbCr, ...) are PIL's own conversion.
+
+    Args:
+        image: a PIL image of any mode.
+
+    Returns:
+        The RGB image.
+
+    Example:
+        >>> import numpy as np
+        >>> sixteen = Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16))  # mode I;16, half of 65535
+        >>> rgb_image(sixteen).getpixel((0, 0))
+        (128, 128, 128)
+    """
+    if image.mode in _SIXTEEN_BIT or image.mode in ("I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        finite = grey[np.isfinite(grey)]
+        top = float(finite.max()) if finite.size else 0.0
+        if image.mode in _SIXTEEN_BIT or (image.mode == "I" and top > 255):
+            grey = grey * (255.0 / 65535.0)
+        elif image.mode == "F" and top <= 1.0:
+            grey = grey * 255.0
+        image = Image.fromarray(np.clip(np.round(np.nan_to_num(grey)), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def _decode_rgb(data: bytes) -> Image.Image:
     """The full-size RGB image, refusing truncated data whatever PIL's global flag says."""
     with _truncated_images_refused(), Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+        return rgb_image(image)
 
 
 class _Labelled(Dataset):

@@ -9,6 +9,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
+from ..data import rgb_image
+
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "default_transform", "denormalize"]
 
 #: Per-channel mean and standard deviation of the CIFAR-10 training images.
@@ -29,7 +31,7 @@ def default_transform(size: int = 32) -> Callable[[Image.Image], Tensor]:
         raise ValueError(f"size must be an int >= 1, got {size!r}")
 
     def transform(image: Image.Image) -> Tensor:
-        image = image.convert("RGB")
+        image = rgb_image(image)  # 16-bit grey scaled, not clipped white
         if image.size != (size, size):
             image = TF.center_crop(TF.resize(image, size), [size, size])
         return TF.normalize(TF.to_tensor(image), CIFAR10_MEAN, CIFAR10_STD)
