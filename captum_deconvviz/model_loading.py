@@ -5,7 +5,10 @@ Specifications:
 * ``"torchvision:NAME"``: a torchvision architecture. ``weights=None`` gives random
   weights (seeded), ``"DEFAULT"`` (or any torchvision weights name) downloads
   pretrained ones, a file path loads a state_dict.
-* ``"module.path:factory"``: calls ``factory()`` from an importable module.
+* ``"timm:NAME"``: a timm architecture (timm is optional: ``pip install timm``), with
+  ``weights`` as for torchvision (``"DEFAULT"`` downloads timm's pretrained weights).
+* ``"module.path:factory"``: calls ``factory()`` from an importable module, or from a file
+  ``module.py`` in the working folder (searched last, as ``python -c`` would find it).
 * a file path: a state_dict (with ``arch`` naming the architecture, loaded with
   ``torch.load(..., weights_only=True)``), or, only with ``trust_code=True``, a
   TorchScript archive or a pickled model. Those two are code: loading them runs
@@ -17,12 +20,14 @@ with its other argument checks, before any work); :func:`load_model` runs it fir
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pickle
+import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -106,16 +111,20 @@ def _check_spec(spec: str, weights: str | None, arch: str | None, trust_code: bo
         _check_file_spec(Path(spec), weights, arch, trust_code)
     elif spec.startswith("torchvision:"):
         _check_torchvision(spec.split(":", 1)[1], weights, option)
+    elif spec.startswith("timm:"):
+        _check_timm(spec.split(":", 1)[1], weights, option)
     elif ":" in spec:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr.isidentifier():
             raise ModelLoadError(f"{option} {spec!r} is not 'module.path:factory' (a module and a function name)")
         if weights is not None:
-            raise ModelLoadError("--weights applies to torchvision models; for a factory, load weights inside it")
+            raise ModelLoadError(
+                "--weights applies to torchvision and timm models; for a factory, load weights inside it"
+            )
     else:
         raise ModelLoadError(
-            f"{option} {spec!r}: cannot read model spec; use 'default', 'torchvision:NAME', 'module.path:factory' "
-            "or a file path"
+            f"{option} {spec!r}: cannot read model spec; use 'default', 'torchvision:NAME', 'timm:NAME', "
+            "'module.path:factory' or a file path"
         )
 
 
@@ -157,11 +166,57 @@ def _check_torchvision(name: str, weights: str | None, option: str) -> None:
             f"{option} torchvision:{name}: torchvision has no model {name!r}; known: "
             f"{', '.join(sorted(available)[:12])}, ..."
         )
+    _check_weights_file(weights)
+
+
+def _check_weights_file(weights: str | None) -> None:
     if weights is not None and _looks_like_path(weights):
         if not Path(weights).exists():
             raise ModelLoadError(f"--weights file {weights!r} does not exist")
         if not Path(weights).is_file():
             raise ModelLoadError(f"--weights {weights} is a folder; give a state_dict file (.pt/.pth)")
+
+
+def _import_timm(option: str, name: str) -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError(f"{option} timm:{name}: timm is not installed; pip install timm") from None
+    return timm
+
+
+def _check_timm(name: str, weights: str | None, option: str) -> None:
+    timm = _import_timm(option, name)
+    if not timm.is_model(name):
+        similar = difflib.get_close_matches(name, timm.list_models(), n=6)
+        hint = f"; did you mean: {', '.join(similar)}" if similar else "; timm.list_models() lists them"
+        raise ModelLoadError(f"{option} timm:{name}: timm has no model {name!r}{hint}")
+    if weights is not None and not _looks_like_path(weights) and weights != "DEFAULT":
+        raise ModelLoadError(
+            f"--weights {weights!r} for timm:{name}: give DEFAULT (timm's pretrained weights, downloaded) or a "
+            "state_dict file"
+        )
+    _check_weights_file(weights)
+
+
+def _timm(name: str, weights: str | None) -> nn.Module:
+    timm = _import_timm("--model", name)
+    if weights is None or Path(weights).is_file():
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False)
+        if weights is not None:
+            _load_state_dict(model, Path(weights), "--weights")
+        return cast(nn.Module, model)
+    try:
+        return cast(nn.Module, timm.create_model(name, pretrained=True))
+    # The hub's errors without a network are of many kinds (OSError, its own, ValueError...).
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load timm's pretrained weights of timm:{name} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}). Without internet access, download them once elsewhere (timm "
+            "caches them in the Hugging Face cache, ~/.cache/huggingface) or pass --weights PATH to a saved "
+            "state_dict."
+        ) from None
 
 
 def _torchvision(name: str, weights: str | None) -> nn.Module:
@@ -183,12 +238,31 @@ def _torchvision(name: str, weights: str | None) -> nn.Module:
         ) from None
 
 
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; if it is not importable but is a file or package in the working
+    folder, import it from there (the folder searched last, so it shadows nothing installed)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top = module_name.split(".")[0]
+        here = Path.cwd()
+        if err.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            raise
+    sys.path.append(str(here))
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(here))
+
+
 def _factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as err:
-        raise ModelLoadError(f"--model {spec}: cannot import {module_name!r}: {err}") from None
+        missing = isinstance(err, ModuleNotFoundError)
+        where = f"; {module_name.split('.')[0]}.py must be in the working folder or on PYTHONPATH" if missing else ""
+        raise ModelLoadError(f"--model {spec}: cannot import {module_name!r}: {err}{where}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelLoadError(f"--model {spec}: {module_name!r} has no callable {attr!r}")
@@ -220,10 +294,11 @@ def load_model(spec: str, weights: str | None = None, arch: str | None = None, t
     """Build the model that ``spec`` names, in eval mode.
 
     Args:
-        spec: ``"default"``, ``"torchvision:NAME"``, ``"module.path:factory"`` or a path
-            to a ``.pt``/``.pth`` file.
-        weights: for ``torchvision:NAME``: None (random), a torchvision weights name
-            such as ``"DEFAULT"`` (downloads), or a state_dict path.
+        spec: ``"default"``, ``"torchvision:NAME"``, ``"timm:NAME"``, ``"module.path:factory"``
+            or a path to a ``.pt``/``.pth`` file.
+        weights: for ``torchvision:NAME`` and ``timm:NAME``: None (random, seeded), a weights
+            name such as ``"DEFAULT"`` (downloads; timm takes ``"DEFAULT"`` only), or a
+            state_dict path.
         arch: for a state_dict file, the architecture spec to load it into.
         trust_code: allow TorchScript archives and pickled models, which run code.
 
@@ -247,6 +322,8 @@ def load_model(spec: str, weights: str | None = None, arch: str | None = None, t
         return _from_file(Path(spec), arch).eval()
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], weights).eval()
+    if spec.startswith("timm:"):
+        return _timm(spec.split(":", 1)[1], weights).eval()
     return _factory(spec).eval()
 
 

@@ -110,3 +110,48 @@ def test_rf_channel_gives_one_channels_field(capsys: pytest.CaptureFixture[str])
     assert "--channel needs --layer" in capsys.readouterr().err
     assert main([*argv, "--layer", "features.denseblock1", "--channel", "-1"]) == 2
     assert "--channel must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_timm_specs_build_random_init_models_and_check_their_names(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm", reason="timm is a test extra")
+    model = load_model("timm:resnet10t")
+    assert not model.training and type(model).__name__ == "ResNet"
+    torch.manual_seed(0)  # the spec's seed: the same weights as timm's own random init after it
+    expected = timm.create_model("resnet10t", pretrained=False)
+    ours, theirs = model.state_dict(), expected.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    weights = tmp_path / "w.pt"
+    torch.save({k: v + 1 for k, v in expected.state_dict().items()}, weights)
+    loaded = load_model("timm:resnet10t", weights=str(weights))
+    assert torch.equal(loaded.conv1[0].weight, expected.conv1[0].weight + 1)
+    with pytest.raises(ModelLoadError, match=r"timm has no model 'resnet9000'; did you mean: resnet\d"):
+        load_model("timm:resnet9000")
+    with pytest.raises(ModelLoadError, match="give DEFAULT .* or a state_dict file"):
+        load_model("timm:resnet10t", weights="IMAGENET1K_V1")
+
+
+def test_timm_offline_download_gives_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    timm = pytest.importorskip("timm", reason="timm is a test extra")
+    real = timm.create_model
+
+    def offline(name: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ModelLoadError, match="could not load timm's pretrained weights of timm:resnet10t"):
+        load_model("timm:resnet10t", weights="DEFAULT")
+
+
+def test_a_factory_in_the_working_folder_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mynet_in_cwd.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    model = load_model("mynet_in_cwd:build")
+    assert isinstance(model[0], torch.nn.Conv2d) and sys.path == path  # the folder is not left on the path
+    sys.modules.pop("mynet_in_cwd", None)
+    with pytest.raises(ModelLoadError, match=r"no_such_net\.py must be in the working folder or on PYTHONPATH"):
+        load_model("no_such_net:build")
