@@ -262,6 +262,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise CommandLineError(f"--input-size sides must be <= {MAX_SIDE}, got {' '.join(map(str, size))}")
     if getattr(args, "channel", None) is not None and not getattr(args, "layer", None):
         raise CommandLineError("--channel needs --layer: it picks one channel of that layer")
+    if getattr(args, "verify", False) and not getattr(args, "layer", None):
+        raise CommandLineError("--verify needs --layer: it checks that layer's analytic field against the probe")
+    if getattr(args, "method", None) == "probe" and not getattr(args, "layer", None):
+        raise CommandLineError("--method probe needs --layer: the table is analytic; the probe measures one layer")
 
 
 def _check_choices(args: argparse.Namespace) -> None:

@@ -310,6 +310,15 @@ def cmd_rf(args: argparse.Namespace) -> int:
         print(rf)
         for reason in rf.global_via:
             print(f"  also depends on the whole input through the {reason}")
+        if args.verify:  # receptive_field raised if the two disagreed
+            if args.method == "probe":  # the probe was printed: was there an analytic field it was checked against?
+                rf = receptive_field(model, args.layer, shape, verify=False, channel=args.channel)
+            print(
+                "verified: the probe's gradient support of the probed units (centre, neighbours, borders) equals the "
+                "analytic box clipped to the image"
+                if rf.method == "analytic"
+                else "not verified: no analytic field to check (the analysis fell back to the probe, which this is)"
+            )
         return 0
     table = receptive_field_table(model, shape)
     print(table.to_markdown() if args.markdown else table)

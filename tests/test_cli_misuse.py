@@ -109,6 +109,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
      "--model", "torchvision has no model", "args"),
     ("mine-model-module-missing", "mine --model no_such_module_xyz:build",
      "--model", "cannot import", "model"),
+    ("rf-verify-without-layer", "rf --model default --verify", "--verify", "needs --layer", "args"),
+    ("rf-probe-without-layer", "rf --model default --method probe", "--method probe", "needs --layer", "args"),
     ("mine-model-unknown-timm", "mine --model timm:resnet9000", "--model", "timm has no model", "args"),
     ("mine-model-timm-weights-name", "mine --model timm:resnet10t --weights IMAGENET1K_V1",
      "--weights", "give DEFAULT", "args"),

@@ -28,7 +28,9 @@ def test_rf_one_layer_verified_and_markdown(capsys: pytest.CaptureFixture[str]) 
         )
         == 0
     )
-    assert "size 99x99, stride 8x8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "size 99x99, stride 8x8" in out
+    assert out.splitlines()[-1].startswith("verified: the probe's gradient support of the probed units")
     assert main(["rf", "--model", "torchvision:alexnet", "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("| layer | type | map | size | stride | offset |")
 
