@@ -119,8 +119,8 @@ def mine_topk(
             whole forward pass and a backward per batch. The statistics stay activations.
         target: with ``rank_by="relevance"``: a class index, ``"label"`` (each image's
             own, needs labels) or ``"predicted"`` (each image's top class).
-        class_top_n: images per channel behind the class histogram (default
-            ``max(k, 100)``; at least ``k``).
+        class_top_n: images per channel behind the class histogram (default: the
+            strongest tenth of the data, at most 100 and at least ``k``; at least ``k``).
         quantiles: keep every image's best value per channel, for exemplars at any
             quantile (``records(kind="quantile", q=...)``): exact in this one pass, at
             ``images x channels x 12`` bytes per layer.

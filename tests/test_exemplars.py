@@ -636,3 +636,15 @@ def test_open_explorer_refuses_the_page_another_result_wrote_over_its_own(
     ):
         first.open_explorer()
     assert second.open_explorer() == out / "index.html" and len(opened) == 3
+
+
+@pytest.mark.parametrize(("count", "k", "top_n"), [(40, 3, 4), (40, 9, 9), (1000, 9, 100), (600, 2, 60)])
+def test_the_default_class_histogram_is_a_tenth_of_the_data(count: int, k: int, top_n: int) -> None:
+    """At most 100 and at least k: a fixed 100 on 40 images counted them all, the same bars for every channel."""
+    data = torch.utils.data.Subset(default_sample(), range(count))
+    torch.manual_seed(0)
+    model = ZFNetCIFAR((4, 4, 4, 4)).eval()
+    result = mine_topk(model, ["features.1"], data, k=k, labels=True, progress=False, batch_size=200)
+    stats = result.class_stats("features.1")
+    assert stats.top_n == top_n
+    assert (stats.histogram.sum(dim=1) == top_n).all()

@@ -182,7 +182,7 @@
     if (layer.classes) {
       var k = layer.classes;
       cols.push({ key: "selectivity", title: "selectivity", value: function (c) { return k.selectivity[c]; } });
-      cols.push({ key: "top_class", title: "top class", value: function (c) { return k.top_class[c]; },
+      cols.push({ key: "top_class", title: "top class (mean)", value: function (c) { return k.top_class[c]; },
         text: function (c) { return className(k.top_class[c]); } });
     }
     if (layer.agreement) {
@@ -398,7 +398,7 @@
     var line = "max " + fmt(s.max[channel], 4) + " · mean " + fmt(s.mean[channel], 4) + " · active on " +
       fmt(100 * s.active[channel], 3) + "% of images";
     if (layer.classes) {
-      line += " · selectivity " + fmt(layer.classes.selectivity[channel], 3) + " · top class " +
+      line += " · selectivity " + fmt(layer.classes.selectivity[channel], 3) + " · top class (largest mean) " +
         className(layer.classes.top_class[channel]);
     }
     if (layer.agreement) {
@@ -410,6 +410,12 @@
     add(left, recordBlocks(layer, channel, "top"));
     if (layer.classes) {
       add(left, el("h2", null, "Classes of its " + layer.classes.top_n + " strongest images"));
+      // The bold class is the one with the largest mean activation over all its images, which
+      // need not be the tallest bar here; with top_n >= the data, every channel's bars are the data's mix.
+      add(left, el("p", "note", layer.classes.top_n >= DATA.num_images ?
+        "These are all " + DATA.num_images + " images: the bars are the data's class mix, the same for every " +
+        "channel. Bold: the class with the largest mean activation." :
+        "Bold: the class with the largest mean activation over all its images (the top class)."));
       add(left, histogram(layer, channel));
     }
     if (layer.bottom) {
