@@ -99,8 +99,13 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
 
         if args.limit > len(images):  # more than there are: use them all, and say so (as compare --images does)
             print(f"--limit {args.limit}: the data has only {len(images)} image(s); using all {len(images)}")
-        subset = Subset(images, range(min(args.limit, len(images))))
-        names = images.names[: len(subset)]
+        count = min(args.limit, len(images))
+        # The shipped sample is sorted by class: its first 100 are all airplanes. N of it are
+        # spread evenly over it instead; a user's folder gives its first N, as documented.
+        spread = args.data == "default-sample"
+        indices = [i * len(images) // count for i in range(count)] if spread else list(range(count))
+        subset = Subset(images, indices)
+        names = [images.names[i] for i in indices]
         subset.names = names  # type: ignore[attr-defined]  # kept on the returned dataset for its callers
         subset.classes = getattr(images, "classes", None)  # type: ignore[attr-defined]  # class names, for mining
         dataset = subset

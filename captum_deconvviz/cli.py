@@ -113,7 +113,12 @@ def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA if available)")
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this size")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N images (of default-sample, sorted by class: N spread evenly over it)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -151,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", type=int, default=9)
     demo.add_argument("--batch-size", type=int, default=100)
     demo.add_argument("--device", default=None)
-    demo.add_argument("--limit", type=int, default=None, help="use only the first N shipped images")
+    demo.add_argument(
+        "--limit", type=int, default=None, help="use only N of the shipped images, spread evenly over their classes"
+    )
     demo.add_argument("--static", action="store_true", help=_STATIC_HELP)
     demo.add_argument("--lossy", action="store_true", help=_LOSSY_HELP)
     demo.set_defaults(run=cmd_demo)

@@ -123,3 +123,26 @@ def test_the_program_prints_warnings_on_one_line(tmp_path: Path) -> None:
     lines = [line for line in run.stderr.splitlines() if "warning" in line.lower()]
     assert lines == ["deconvviz: warning: k=9 but only 8 images were mined: channels hold fewer than k records"]
     assert ".py:" not in run.stderr  # no file:line of the library's source
+
+
+def test_limit_spreads_over_the_sorted_sample_and_takes_a_folders_first(tmp_path: Path) -> None:
+    """The shipped sample is sorted by class: --limit 20 gives 2 of each class, not 20 airplanes."""
+    from captum_deconvviz._cli_checks import check_arguments
+    from captum_deconvviz._cli_commands import _data
+    from captum_deconvviz.cli import build_parser
+
+    args = build_parser().parse_args(["mine", "--limit", "20", "--out", str(tmp_path / "r.pt")])
+    check_arguments(args)
+    dataset, _, names, _ = _data(args)
+    sample = default_sample()
+    assert names == [sample.names[i] for i in range(0, 1000, 50)]
+    assert sorted(dataset[i][1] for i in range(20)) == sorted(list(range(10)) * 2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pictures = default_sample(transform=lambda image: image)
+    for i in range(5):
+        pictures[i * 100][0].save(folder / f"{i}.png")
+    args = build_parser().parse_args(["mine", "--data", str(folder), "--limit", "3", "--out", str(tmp_path / "s.pt")])
+    check_arguments(args)
+    _, _, names, _ = _data(args)
+    assert names == ["0.png", "1.png", "2.png"]
