@@ -33,7 +33,7 @@ from ._cli_checks import (
     image_size,
     normalization,
 )
-from ._forward import model_device, on_model_device
+from ._forward import EvalMode, model_device, on_model_device
 from .data import ImageFiles, rgb_image
 from .model_loading import load_model
 from .receptive_field import receptive_field, receptive_field_table
@@ -113,17 +113,41 @@ def _data(args: argparse.Namespace) -> tuple[Any, Callable[[Tensor], Tensor], li
 
 
 def _default_layers(args: argparse.Namespace, model: nn.Module) -> list[str]:
+    """``--layers``, else the default model's four ReLUs, else up to 8 convolutions spread from the
+    first to the last among those whose output is a map (more than 1x1 at the image size) and
+    that run once: a squeeze-excitation gate's or a head's convolution after global pooling sees
+    one pixel, where a patch and a projection show nothing of what the network looks at."""
     if args.layers:
         return list(args.layers)
     if args.model == "default":
         from .zoo import DEFAULT_LAYERS
 
         return list(DEFAULT_LAYERS)
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = _spatial_convolutions(model, image_size(args))
     if len(convs) <= 8:
         return convs
     step = (len(convs) - 1) / 7
     return [convs[round(i * step)] for i in range(8)]
+
+
+def _spatial_convolutions(model: nn.Module, size: int) -> list[str]:
+    """The ``Conv2d`` modules, in forward order, that run once on a ``size`` image with an output over 1x1."""
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.setdefault(name, []).append(out.shape))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        with torch.no_grad(), EvalMode(model):
+            model(torch.zeros(1, 3, size, size, dtype=dtype, device=model_device(model)))
+    except Exception:  # a model that does not take the size: every conv, and check_model_fits says why
+        return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, seen in shapes.items() if len(seen) == 1 and seen[0][-1] * seen[0][-2] > 1]
 
 
 def _carries_labels(dataset: Any) -> bool:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from captum_deconvviz import MiningResult
 from captum_deconvviz.cli import main
@@ -146,3 +147,35 @@ def test_limit_spreads_over_the_sorted_sample_and_takes_a_folders_first(tmp_path
     check_arguments(args)
     _, _, names, _ = _data(args)
     assert names == ["0.png", "1.png", "2.png"]
+
+
+class _GatedNet(torch.nn.Module):
+    """Convs on maps, a squeeze-excitation gate (1x1 after pooling), a conv called twice, a conv head after pooling.
+    Defined in reverse of the forward order, so that names and forward order differ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Conv2d(8, 10, 1)
+        self.gate = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(8, 8, 1), torch.nn.Sigmoid())
+        self.twice = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.second = torch.nn.Conv2d(8, 8, 3, stride=2)
+        self.first = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.second(torch.relu(self.first(x))))
+        x = self.twice(self.twice(x))
+        x = x * self.gate(x)
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1)).flatten(1)
+
+
+def test_default_layers_are_map_convolutions_in_forward_order() -> None:
+    import argparse
+
+    from captum_deconvviz._cli_commands import _default_layers
+
+    model = _GatedNet().train()
+    args = argparse.Namespace(layers=None, model="tests:gated", image_size=32, normalization=None)
+    assert _default_layers(args, model) == ["first", "second"]  # not gate.1, head (1x1) nor twice (called twice)
+    assert model.training and not any(m._forward_hooks for m in model.modules())
+    args.image_size = 2  # too small for the model: every conv, and check_model_fits explains
+    assert _default_layers(args, model) == ["head", "gate.1", "twice", "second", "first"]
