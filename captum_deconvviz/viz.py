@@ -369,22 +369,32 @@ def plot_topk(
     per_row, title_rows = min(4, len(channel_list)), (1 if titles else 0)
     block_widths = guided_widths(result.k) if guided else [1.0] * (2 * cols)
     widths = ([*block_widths, 1.0] * per_row)[:-1]  # blocks apart by an empty column
-    total_rows = math.ceil(len(channel_list) / per_row) * (rows + title_rows)
-    fig = new_figure(use_pyplot, (sum(widths) * cell_inches, total_rows * cell_inches))
-    spec = fig.add_gridspec(total_rows, len(widths), width_ratios=widths, wspace=0.05, hspace=0.05, left=0.01,
-                            right=0.99, bottom=0.01, top=0.99)  # fmt: skip
+    # Title rows as tall as their text (a line, or two with the agreement), not a whole cell: the
+    # layer's name once, above all blocks, and each block's channel and best value above it.
+    block_title = (0.5 if guided else 0.26) if titles else 0.0
+    heights = ([0.3] if titles else []) + ([block_title] * title_rows + [1.0] * rows) * math.ceil(
+        len(channel_list) / per_row
+    )
+    fig = new_figure(use_pyplot, (sum(widths) * cell_inches, sum(heights) * cell_inches))
+    spec = fig.add_gridspec(len(heights), len(widths), width_ratios=widths, height_ratios=heights, wspace=0.05,
+                            hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.99)  # fmt: skip
+    if titles:
+        heading = fig.add_subplot(spec[0, :])
+        heading.axis("off")
+        heading.text(0.0, 0.0, layer, ha="left", va="bottom", fontsize=9, fontweight="bold")
     draw = projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
     axes = np.empty((len(channel_list), 3 if guided else 2, rows, cols), dtype=object)
     agreement = guided_titles(shown, shown_guided, patches.mask) if shown_guided is not None else None
     for b, channel in enumerate(channel_list):
         block_row, block_col = divmod(b, per_row)
-        top, left = block_row * (rows + title_rows) + title_rows, block_col * (len(block_widths) + 1)
+        top = title_rows + block_row * (rows + title_rows) + title_rows
+        left = block_col * (len(block_widths) + 1)
         if titles:
             header = fig.add_subplot(spec[top - 1, left : left + len(block_widths)])
             header.axis("off")
             records = result.records(layer, channel)
             best = f", max {records[0].value:.3g}" if records else ""
-            text = f"{layer} #{channel}{best}" + (f"\n{agreement[b]}" if agreement is not None else "")
+            text = f"#{channel}{best}" + (f"\n{agreement[b]}" if agreement is not None else "")
             header.text(0.5, 0.0, text, ha="center", va="bottom", fontsize=8 if agreement is None else 7)
 
         def cells(r: int, c: int, top: int = top, left: int = left) -> Any:

@@ -252,3 +252,22 @@ def test_plot_diagnosis_panels() -> None:
     assert heights(axes[3]) == pytest.approx([0.3, 0.0])  # NaN aliasing drawn as 0, and labelled
     assert "map too\nsmall" in [t.get_text() for t in axes[3].texts]
     assert [t.get_text() for t in axes[3].get_xticklabels()] == ["conv1\n/2", "pool\n/4"]
+
+
+def test_plot_topk_titles_are_a_line_high_and_name_the_layer_once(setup) -> None:
+    """The title rows are a line of text, not a cell (a third of the figure was blank above the
+    titles), and a long layer name is said once above the blocks, not in each block's title."""
+    model, images, result = setup
+    channels = [0, 3, 5, 7, 9]  # two rows of blocks (4 a row)
+    projections = result.projections(model, images, "features.4", channels)
+    fig, _ = plot_topk(result, images, "features.4", channels, projections=projections, use_pyplot=False)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("features.4") == 1
+    values = {c: result.records("features.4", c)[0].value for c in channels}
+    assert [t for t in texts if t.startswith("#")] == [f"#{c}, max {values[c]:.3g}" for c in channels]
+    cell = 0.55  # inches, the default cell_inches; k=9 is 3 rows of cells a block
+    assert fig.get_size_inches()[1] == pytest.approx((0.3 + 2 * (0.26 + 3)) * cell)
+    no_titles, _ = plot_topk(result, images, "features.4", channels, projections=projections, titles=False,
+                             use_pyplot=False)  # fmt: skip
+    assert no_titles.get_size_inches()[1] == pytest.approx(2 * 3 * cell)
+    assert not [t for ax in no_titles.axes for t in ax.texts]
