@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name.
 
     Returns:
-        0 on success, 2 for bad input (one line on stderr), 130 after Ctrl-C. argparse's own
+        0 on success, 2 for bad input (one line on stderr), 130 after Ctrl-C, 143 after SIGTERM. argparse's own
         errors raise ``SystemExit(2)`` after their one line.
 
     Example:
@@ -241,17 +243,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if argv is None:  # the program itself: warnings as one line each, not a source line from inside
                 warnings.showwarning = _show_warning
+                # A kill (a job's time limit, `timeout`) is an interruption too: say what was kept.
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, _terminated)
             return int(args.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         remove_empty(created)
-        print(f"deconvviz {args.command}: interrupted; {_what_was_kept(args)}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+        print(f"deconvviz {args.command}: {what}; {_what_was_kept(args)}", file=sys.stderr)
+        return 143 if isinstance(stop, _Terminated) else 130
     except BaseException as err:
         remove_empty(created)  # the output folders the checks made, unless something was written there
         if not _is_bad_input(err) or os.environ.get("DECONVVIZ_DEBUG", "") not in ("", "0"):
             raise
         print(f"deconvviz {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+def _terminated(_signum: int, _frame: Any) -> None:
+    raise _Terminated
 
 
 def _show_warning(

@@ -179,3 +179,25 @@ def test_default_layers_are_map_convolutions_in_forward_order() -> None:
     assert model.training and not any(m._forward_hooks for m in model.modules())
     args.image_size = 2  # too small for the model: every conv, and check_model_fits explains
     assert _default_layers(args, model) == ["head", "gate.1", "twice", "second", "first"]
+
+
+def test_sigterm_is_an_interruption_that_says_what_was_kept(tmp_path: Path) -> None:
+    """A job's time limit or `timeout` sends SIGTERM: one line, exit status 143, no traceback."""
+    import signal
+
+    code = (
+        "import sys; sys.argv = ['deconvviz', *sys.argv[1:]]; from captum_deconvviz.cli import main; sys.exit(main())"
+    )
+    argv = ["mine", "--batch-size", "4", "--out", str(tmp_path / "r.pt")]
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, cwd=tmp_path)
+    assert process.stderr is not None
+    seen = b""
+    while b"img/s" not in seen:  # mining has started: its progress bar moves
+        chunk = process.stderr.read1(4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read().decode(errors="replace")
+    assert process.wait(timeout=60) == 143
+    assert "deconvviz mine: terminated (SIGTERM); nothing was saved" in rest
+    assert "Traceback" not in rest
