@@ -224,6 +224,7 @@ def test_many_records_of_one_image_are_projected_in_bounded_groups() -> None:
         torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations:UserWarning")  # Captum's notice
 def test_a_linear_layers_mined_records_project_like_captums_neuron_deconvolution() -> None:
     """Mining keeps a linear layer's records as (image, feature, 0, 0) ([N, F] seen as [N, F, 1, 1]):
     the result's projections of them equal Captum's NeuronDeconvolution (correct here: nn.ReLU
