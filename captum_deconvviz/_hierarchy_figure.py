@@ -28,6 +28,7 @@ from ._figures import (
     new_figure,
     normalize_projection,
 )
+from ._layer_crops import windowed
 from .mining_result import Crops, MiningResult
 
 __all__ = ["hierarchy_channels", "plot_hierarchy"]
@@ -117,7 +118,10 @@ def _hierarchy_inputs(
             raise ValueError(f"{argname} is missing; expected {described}")
         images = check_shape(projections[layer], argname, tuple(crops.images.shape), described)
         check_finite_values(images, argname, "NaN/Inf cells would draw blank")
-        cells[layer] = (images, crops)
+        # A field larger than the image (a deep layer on small images): each record's image-sized
+        # window of its box, as the explorer's cells, not the image small in a mostly grey field.
+        shown_projections = windowed(result, layer, alive, "top", Crops(images, crops.mask)).images
+        cells[layer] = (shown_projections, windowed(result, layer, alive, "top", crops))
     return cells
 
 

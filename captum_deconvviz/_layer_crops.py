@@ -63,6 +63,27 @@ def records_of(result: MiningResult, layer: str, channel: int, kind: str) -> lis
     return list(result.records(layer, channel, kind=kind))
 
 
+def windowed(result: MiningResult, layer: str, channels: Sequence[int], kind: str, crops: Crops) -> Crops:
+    """Each record's :func:`window` of its receptive-field-sized crop: ``crops`` ``[channels, k, C, *field]``
+    (patches or projections of ``channels``' records of ``kind``, as the result gives them) cut to
+    ``[channels, k, C, *cell]``; the crops themselves where every box fits in the image."""
+    field = result.fields[layer]
+    assert field is not None, "crops come from a layer with a receptive field"
+    cell = cell_size(field)
+    if tuple(crops.images.shape[-2:]) == cell:  # every box fits in the image: the cell is the box
+        return crops
+    images = crops.images.new_full((*crops.images.shape[:-2], *cell), 0.0)
+    mask = crops.mask.new_zeros((*crops.mask.shape[:-2], *cell))
+    for row, channel in enumerate(channels):
+        for slot, record in enumerate(records_of(result, layer, channel, kind)):
+            box = field.box(record.y, record.x)
+            corner = window(field, box)
+            top, left = corner[0] - box[0], corner[1] - box[1]  # in the crop's pixels
+            images[row, slot] = crops.images[row, slot, :, top : top + cell[0], left : left + cell[1]]
+            mask[row, slot] = crops.mask[row, slot, top : top + cell[0], left : left + cell[1]]
+    return Crops(images, mask)
+
+
 class LayerCrops:
     """A layer's patches and projections of one kind of record, a chunk of channels at a time, in cells.
 
@@ -149,16 +170,4 @@ class LayerCrops:
 
     def _windows(self, crops: Crops, chunk: list[int]) -> Crops:
         """Each record's :func:`window` of its receptive-field-sized crop."""
-        cell = self.cell
-        if tuple(crops.images.shape[-2:]) == cell:  # every box fits in the image: the cell is the box
-            return crops
-        images = crops.images.new_full((*crops.images.shape[:-2], *cell), 0.0)
-        mask = crops.mask.new_zeros((*crops.mask.shape[:-2], *cell))
-        for row, channel in enumerate(chunk):
-            for slot, record in enumerate(records_of(self.result, self.layer, channel, self.kind)):
-                box = self.field.box(record.y, record.x)
-                corner = window(self.field, box)
-                top, left = corner[0] - box[0], corner[1] - box[1]  # in the crop's pixels
-                images[row, slot] = crops.images[row, slot, :, top : top + cell[0], left : left + cell[1]]
-                mask[row, slot] = crops.mask[row, slot, top : top + cell[0], left : left + cell[1]]
-        return Crops(images, mask)
+        return windowed(self.result, self.layer, chunk, self.kind, crops)

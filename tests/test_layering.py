@@ -34,10 +34,13 @@ LAYERS: dict[int, set[str]] = {
         "_result_exemplars", "_relu_census",
         "_mining_folds",
     },
-    6: {"viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures", "_class_figures"},
+    6: {
+        "viz", "_figures", "_result_figures", "_hierarchy_figure", "_exemplar_figures", "_class_figures",
+        "_layer_crops",
+    },
     7: {
         "report", "_report_sections", "cli", "_cli_checks", "model_loading", "zoo.train", "explorer", "_explorer_data",
-        "_explorer_images", "_explorer_pages", "_cli_commands", "_layer_crops",
+        "_explorer_images", "_explorer_pages", "_cli_commands",
     },
 }  # fmt: skip
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -175,3 +175,29 @@ def test_gallery_cells_of_fields_larger_than_the_image_are_the_image(
             # The window of a 46-px box over a 16-px image is the image.
             expected = (display_image(data[record.index], None) * 255).astype(int)
             assert np.abs(cell - expected).max() <= 1, (channel, slot)
+
+
+def test_hierarchy_cells_of_a_field_larger_than_the_image_are_the_image(wide_explorer: WideExplorer) -> None:
+    """A 46-px field on 16-px images: each tile is the record's 16-px window (here the whole image and
+    its whole projection), not the image small inside a field-sized grey crop."""
+    from captum_deconvviz import project_units
+    from captum_deconvviz.viz import hierarchy_channels, normalize_projection, plot_hierarchy
+
+    model, data, result = wide_explorer.model, wide_explorer.data, wide_explorer.result
+    assert result.fields["7"].size == (46, 46)
+    shown = hierarchy_channels(result, ["7"], 2)
+    projections = {"7": result.projections(model, data, "7", shown["7"])}
+    _, axes = plot_hierarchy(result, data, projections, layers=["7"], channels_per_layer=2, use_pyplot=False)
+    for row, channel in enumerate(shown["7"]):
+        cell = np.asarray(axes[row, 0].images[0].get_array())
+        assert cell.shape == (2 * 33 + 1, 33, 3)  # 2x2 tiles of 16 px with 1-px gaps, projections above patches
+        for slot, record in enumerate(result.records("7", channel)):
+            r, c = divmod(slot, 2)
+            at = (slice(r * 17, r * 17 + 16), slice(c * 17, c * 17 + 16))
+            image = data[record.index]
+            stretched = ((image - image.min()) / (image.max() - image.min())).permute(1, 2, 0).numpy()
+            patch = cell[34:][at]
+            np.testing.assert_allclose(patch, stretched, rtol=1e-6, atol=1e-6)
+            unit = torch.tensor([[channel, record.y, record.x]])
+            whole = project_units(model, "7", image[None], unit)[0]
+            np.testing.assert_allclose(cell[at], normalize_projection(whole, 0.5), rtol=1e-5, atol=1e-6)
