@@ -84,6 +84,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
     return out / "index.html"
 
 
+def _heading(page: Any, text: str) -> None:
+    """Wait (up to 5 s) until the page's heading reads ``text``: a hash change is routed asynchronously."""
+    page.wait_for_function("t => document.querySelector('h1')?.textContent === t", arg=text, timeout=5_000)
+
+
 def _table_channels(tab: Page) -> list[int]:
     rows = tab.page.eval_on_selector_all("#channels tbody tr", "rows => rows.map(r => r.dataset.channel)")
     return [int(c) for c in rows]
@@ -155,16 +160,16 @@ def test_the_demo_explorer_walkthrough(browser: Any, demo: Path, images: Path, t
 
     # Follow #layer/channel links: typed, and clicked in a table.
     page.goto(url + "#features.4/5")
-    assert page.text_content("h1") == "features.4 / channel 5"
+    _heading(page, "features.4 / channel 5")
     page.goto(url + "#features.1")
     page.click("#channels a[href='#features.1/3']")
-    assert page.text_content("h1") == "features.1 / channel 3"
+    _heading(page, "features.1 / channel 3")  # the page routes on hashchange, which fires after the click
     page.goto(url + "#:hierarchy")
     assert page.is_visible("#view-hierarchy h2") and not page.is_visible("#content")
     # The view's figure loads once the view is shown.
     page.wait_for_function("document.querySelector('#view-hierarchy img').naturalWidth > 0", timeout=10_000)
     page.goto(url + "#no-such-layer/3")
-    assert page.text_content("h1") == "Nothing here"
+    _heading(page, "Nothing here")
     assert tab.problems == []
 
 
