@@ -262,6 +262,35 @@ def _topk_block(
     return axes
 
 
+class _TopkLayout:
+    """Where plot_topk's blocks go: up to 4 blocks a row, apart by an empty column; with titles, the
+    layer's name in a first row and each block's title in a row above it, as tall as their text (a
+    line, or two with the Guided Backprop agreement), not a whole cell."""
+
+    def __init__(self, k: int, blocks: int, guided: bool, titles: bool) -> None:
+        self.rows, cols = grid(k)
+        self.per_row, self.title_rows = min(4, blocks), (1 if titles else 0)
+        self.block_widths = guided_widths(k) if guided else [1.0] * (2 * cols)
+        self.widths = ([*self.block_widths, 1.0] * self.per_row)[:-1]
+        block_title = (0.5 if guided else 0.26) if titles else 0.0
+        block = [block_title] * self.title_rows + [1.0] * self.rows
+        self.heights = [0.3] * self.title_rows + block * math.ceil(blocks / self.per_row)
+
+    def size(self, cell_inches: float) -> tuple[float, float]:
+        return sum(self.widths) * cell_inches, sum(self.heights) * cell_inches
+
+    def grid(self, fig: Figure) -> Any:
+        return fig.add_gridspec(len(self.heights), len(self.widths), width_ratios=self.widths,
+                                height_ratios=self.heights, wspace=0.05, hspace=0.05, left=0.01, right=0.99,
+                                bottom=0.01, top=0.99)  # fmt: skip
+
+    def corner(self, block: int) -> tuple[int, int]:
+        """The grid row and column of block ``block``'s first cell (its title, if any, is the row above)."""
+        block_row, block_col = divmod(block, self.per_row)
+        top = self.title_rows + block_row * (self.rows + self.title_rows) + self.title_rows
+        return top, block_col * (len(self.block_widths) + 1)
+
+
 def plot_topk(
     result: MiningResult,
     data: Any,
@@ -365,32 +394,20 @@ def plot_topk(
     shown_guided = (
         _checked_images(guided_projections, "guided_projections", layer, expected, patches.mask) if guided else None
     )
-    rows, cols = grid(result.k)
-    per_row, title_rows = min(4, len(channel_list)), (1 if titles else 0)
-    block_widths = guided_widths(result.k) if guided else [1.0] * (2 * cols)
-    widths = ([*block_widths, 1.0] * per_row)[:-1]  # blocks apart by an empty column
-    # Title rows as tall as their text (a line, or two with the agreement), not a whole cell: the
-    # layer's name once, above all blocks, and each block's channel and best value above it.
-    block_title = (0.5 if guided else 0.26) if titles else 0.0
-    heights = ([0.3] if titles else []) + ([block_title] * title_rows + [1.0] * rows) * math.ceil(
-        len(channel_list) / per_row
-    )
-    fig = new_figure(use_pyplot, (sum(widths) * cell_inches, sum(heights) * cell_inches))
-    spec = fig.add_gridspec(len(heights), len(widths), width_ratios=widths, height_ratios=heights, wspace=0.05,
-                            hspace=0.05, left=0.01, right=0.99, bottom=0.01, top=0.99)  # fmt: skip
+    layout = _TopkLayout(result.k, len(channel_list), guided, titles)
+    fig = new_figure(use_pyplot, layout.size(cell_inches))
+    spec = layout.grid(fig)
     if titles:
         heading = fig.add_subplot(spec[0, :])
         heading.axis("off")
         heading.text(0.0, 0.0, layer, ha="left", va="bottom", fontsize=9, fontweight="bold")
     draw = projection_drawer(fig, method, sign, cmap, alpha_overlay, outlier_perc)
-    axes = np.empty((len(channel_list), 3 if guided else 2, rows, cols), dtype=object)
+    axes = np.empty((len(channel_list), 3 if guided else 2, *grid(result.k)), dtype=object)
     agreement = guided_titles(shown, shown_guided, patches.mask) if shown_guided is not None else None
     for b, channel in enumerate(channel_list):
-        block_row, block_col = divmod(b, per_row)
-        top = title_rows + block_row * (rows + title_rows) + title_rows
-        left = block_col * (len(block_widths) + 1)
+        top, left = layout.corner(b)
         if titles:
-            header = fig.add_subplot(spec[top - 1, left : left + len(block_widths)])
+            header = fig.add_subplot(spec[top - 1, left : left + len(layout.block_widths)])
             header.axis("off")
             records = result.records(layer, channel)
             best = f", max {records[0].value:.3g}" if records else ""

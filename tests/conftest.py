@@ -112,6 +112,29 @@ def quiet_captum() -> Iterator[None]:
         yield
 
 
+class SmallClassifier(nn.Module):
+    """Conv-BN-ReLU-pool, conv-ReLU (then dropout, if any), global average pool, linear.
+
+    The misuse and autograd-mode matrices' model: BatchNorm and Dropout make train mode matter.
+    """
+
+    def __init__(self, widths: tuple[int, int] = (8, 16), classes: int = 5, dropout: float = 0.5) -> None:
+        super().__init__()
+        first, second = widths
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, first, 3, padding=1), nn.BatchNorm2d(first), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 3, padding=1), nn.ReLU(),
+        ]  # fmt: skip
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(second, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
 @dataclass
 class WideExplorer:
     """An explorer whose last layer's receptive field (46 px) is almost three times the 16-px images."""

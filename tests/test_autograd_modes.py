@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib
 import pytest
 import torch
-from torch import nn
+from conftest import SmallClassifier
 
 import captum_deconvviz as cdv
 from captum_deconvviz import MiningResult, mine_topk
@@ -28,23 +28,11 @@ IMAGE = (3, 12, 12)
 LABELS = torch.tensor([0, 1, 2] * 4)
 
 
-class Net(nn.Module):
+class Net(SmallClassifier):
     """conv-BN-ReLU-pool-conv-ReLU, global pool, linear: 3 classes on 3x12x12."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))
+        super().__init__(widths=(6, 8), classes=3, dropout=0.0)
 
 
 @pytest.fixture(scope="module")

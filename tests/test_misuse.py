@@ -22,6 +22,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from conftest import SmallClassifier
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -57,25 +58,8 @@ matplotlib.use("Agg")
 IMAGE = (3, 16, 16)
 
 
-class Net(nn.Module):
-    """Conv-BN-ReLU-pool, conv-ReLU-dropout, global pool, linear: 5 classes on 3x16x16."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Dropout(0.5),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
+#: Conv-BN-ReLU-pool, conv-ReLU-dropout, global pool, linear: 5 classes on 3x16x16.
+Net = SmallClassifier
 
 
 @dataclass
